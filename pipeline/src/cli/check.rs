@@ -1,0 +1,79 @@
+//! `jetline check`: loads the configuration, compiles the schemas, checks the
+//! routes, and prints what would run. No connection to NATS.
+
+use std::fmt::Write as _;
+
+use crate::{Prepared, config::SinkKind};
+
+/// The summary printed by `check`: sources, sinks with their effective
+/// consumer settings, consumers, and event types with their versions.
+pub fn summary(prepared: &Prepared) -> String {
+    let config = &prepared.config;
+    let mut out = String::new();
+    let _ = writeln!(out, "configuration ok");
+    let _ = writeln!(out, "sources:");
+    for (name, source) in &config.sources {
+        let _ = writeln!(
+            out,
+            "  {name}: stream {} subjects {:?}",
+            source.stream, source.subjects
+        );
+    }
+    let _ = writeln!(out, "sinks:");
+    for (name, sink) in &config.sinks {
+        let target = match &sink.kind {
+            SinkKind::JetStream(js) => format!("subject {} ({:?})", js.subject, js.format),
+        };
+        let c = &sink.consumer;
+        let _ = writeln!(out, "  {name}: {} {target}", sink.kind.type_name());
+        let _ = writeln!(
+            out,
+            "    ack_wait {} (effective {}), max_ack_pending {}, ordering {:?}, concurrency {}, on_dead_letter {:?}",
+            humantime::format_duration(c.ack_wait),
+            humantime::format_duration(c.effective_ack_wait()),
+            c.max_ack_pending,
+            c.ordering,
+            c.concurrency,
+            c.on_dead_letter,
+        );
+        let backoff: Vec<String> = c
+            .retry
+            .backoff
+            .iter()
+            .map(|d| humantime::format_duration(*d).to_string())
+            .collect();
+        let _ = writeln!(
+            out,
+            "    retry: max_attempts {}, backoff [{}], jitter {}",
+            c.retry.max_attempts,
+            backoff.join(", "),
+            c.retry.jitter
+        );
+        if let Some(version) = sink.schema_version {
+            let _ = writeln!(out, "    schema_version {version}");
+        }
+    }
+    let _ = writeln!(out, "consumers:");
+    for pipeline in &config.pipelines {
+        let routes: Vec<&str> = pipeline
+            .routes
+            .iter()
+            .map(|&index| config.routes[index].name.as_str())
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {}: stream {} filter {:?} routes {:?}",
+            pipeline.durable_name, pipeline.stream, pipeline.filter_subjects, routes
+        );
+    }
+    let _ = writeln!(out, "event types:");
+    for (event_type, versions) in prepared.decoder.registry().event_types() {
+        let _ = writeln!(out, "  {event_type}: versions {versions:?}");
+    }
+    let _ = writeln!(
+        out,
+        "dead letters: stream {} subjects {}.>",
+        config.dead_letter.stream, config.dead_letter.subject_prefix
+    );
+    out
+}

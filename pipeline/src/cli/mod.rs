@@ -1,0 +1,48 @@
+//! The operator CLI: one file per subcommand.
+
+pub mod check;
+pub mod run;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "jetline",
+    version,
+    about = "Projections from NATS JetStream event streams"
+)]
+pub struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "JETLINE_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the pipeline until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Check the configuration, schemas and routes without connecting to NATS.
+    Check(ConfigArg),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ConfigArg {
+    /// The YAML configuration file.
+    #[arg(
+        long,
+        short,
+        env = "JETLINE_CONFIG",
+        default_value = "config/jetline.yaml"
+    )]
+    pub config: PathBuf,
+}

@@ -1,0 +1,174 @@
+//! Configuration: the YAML file the user edits, as serde types (`raw`), and the
+//! checked [`Config`] the pipeline runs from.
+//!
+//! Loading (file + `JETLINE__*` environment) lives in `load.rs`; turning the raw
+//! types into a [`Config`] lives in `validate.rs`, which is pure and reports
+//! every problem at once, each named by its key path.
+
+mod load;
+pub mod raw;
+mod validate;
+
+use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
+
+pub use load::{load, load_str};
+pub use raw::{OnDeadLetter, Ordering, UnknownFields};
+pub use validate::validate;
+
+/// A configuration problem, named by the key path it concerns.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+pub struct ConfigError {
+    /// Dotted key path, e.g. `sinks.orders_out.subject`.
+    pub path: String,
+    /// Line in the YAML file where the key stands, when it could be found.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            line: None,
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in one configuration, reported together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (index, error) in self.0.iter().enumerate() {
+            if index > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{error}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub nats: raw::NatsConfig,
+    pub schemas: raw::SchemasConfig,
+    pub sources: BTreeMap<String, raw::SourceConfig>,
+    pub sinks: BTreeMap<String, SinkSpec>,
+    pub routes: Vec<RouteSpec>,
+    pub dead_letter: raw::DeadLetterConfig,
+    pub metrics: MetricsSettings,
+    /// Upcaster chains per event type, as written under `upcasters:`.
+    pub upcasters: BTreeMap<String, serde_json::Value>,
+    /// One entry per (source, sink) pair that some route connects.
+    pub pipelines: Vec<PipelineSpec>,
+}
+
+/// A sink with its effective consumer settings (defaults merged with overrides).
+#[derive(Debug, Clone)]
+pub struct SinkSpec {
+    pub name: String,
+    pub kind: SinkKind,
+    pub consumer: ConsumerSettings,
+    /// Upcast events to this version instead of the newest one.
+    pub schema_version: Option<u32>,
+}
+
+/// What a sink writes to, with its own settings.
+#[derive(Debug, Clone)]
+pub enum SinkKind {
+    JetStream(raw::JetStreamSinkConfig),
+}
+
+impl SinkKind {
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            SinkKind::JetStream(_) => "jetstream",
+        }
+    }
+}
+
+/// Effective settings of one sink's durable consumer and of its processing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConsumerSettings {
+    pub durable_prefix: String,
+    /// As configured.
+    pub ack_wait: Duration,
+    pub max_ack_pending: i64,
+    pub ordering: Ordering,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub on_dead_letter: OnDeadLetter,
+}
+
+impl ConsumerSettings {
+    /// The `ack_wait` given to JetStream: at least twice the longest backoff, so
+    /// that after a crash a retried event is redelivered before the later
+    /// events of its aggregate (whose timers were refreshed by progress acks).
+    pub fn effective_ack_wait(&self) -> Duration {
+        let longest = self.retry.backoff.iter().max().copied().unwrap_or_default();
+        self.ack_wait.max(longest * 2 + Duration::from_secs(1))
+    }
+}
+
+/// Retry of transient sink errors.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Deliveries of one event before it is dead-lettered (`max_attempts`).
+    pub max_attempts: u32,
+    /// Delay before attempt n+1 is `backoff[n-1]`, the last value repeating.
+    pub backoff: Vec<Duration>,
+    /// Fraction of the delay added or removed at random (0.0 to 1.0).
+    pub jitter: f64,
+}
+
+impl RetryPolicy {
+    /// The delay after the failed attempt `attempt` (1-based), without jitter.
+    pub fn delay_after(&self, attempt: u32) -> Duration {
+        let index = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
+        self.backoff.get(index).copied().unwrap_or_default()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    pub listen: SocketAddr,
+    pub lag_poll_interval: Duration,
+}
+
+/// A checked route.
+#[derive(Debug, Clone)]
+pub struct RouteSpec {
+    pub name: String,
+    pub from: String,
+    pub event_types: Vec<String>,
+    pub subjects: Vec<String>,
+    pub to: Vec<String>,
+}
+
+/// One durable consumer: the events of `source` that routes send to `sink`.
+#[derive(Debug, Clone)]
+pub struct PipelineSpec {
+    pub source: String,
+    pub stream: String,
+    pub sink: String,
+    /// `<durable_prefix>-<source>-<sink>`.
+    pub durable_name: String,
+    /// Subjects the consumer is filtered to (empty: the whole stream).
+    pub filter_subjects: Vec<String>,
+    /// Indexes into [`Config::routes`] of the routes that feed this pair.
+    pub routes: Vec<usize>,
+}
+
+/// Where the configuration came from, for error locations.
+#[derive(Debug, Clone, Default)]
+pub struct Origin {
+    pub file: Option<PathBuf>,
+    pub text: String,
+}

@@ -1,0 +1,362 @@
+//! The configuration file's shape, as serde types. Each field's doc comment is
+//! its user documentation (the README's reference says the same).
+//!
+//! Every struct denies unknown keys, so a typo is an error, not a silent default.
+
+use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Deserializer};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub nats: NatsConfig,
+    #[serde(default)]
+    pub schemas: SchemasConfig,
+    pub sources: BTreeMap<String, SourceConfig>,
+    /// Parsed per `type` in `validate.rs`, so each key error names its full path.
+    pub sinks: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
+    #[serde(default)]
+    pub consumers: ConsumerDefaults,
+    #[serde(default)]
+    pub dead_letter: DeadLetterConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Upcaster chains per event type (checked against the schemas at start-up).
+    #[serde(default)]
+    pub upcasters: BTreeMap<String, serde_json::Value>,
+}
+
+/// Connection to NATS. Secrets (`password`, `token`) are accepted only from the
+/// environment (`JETLINE__NATS__PASSWORD`) or from files (`*_file`).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsConfig {
+    /// Server URL(s), comma separated.
+    #[serde(default = "default_nats_url")]
+    pub url: String,
+    /// Connection name shown by the server.
+    #[serde(default = "default_connection_name")]
+    pub name: String,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub password_file: Option<PathBuf>,
+    pub token: Option<Secret>,
+    pub token_file: Option<PathBuf>,
+    pub creds_file: Option<PathBuf>,
+    pub nkey_seed_file: Option<PathBuf>,
+    pub tls: Option<TlsConfig>,
+    /// Time allowed for the first connection.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+fn default_nats_url() -> String {
+    "nats://127.0.0.1:4222".to_owned()
+}
+
+fn default_connection_name() -> String {
+    "jetline".to_owned()
+}
+
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+impl fmt::Debug for NatsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsConfig")
+            .field("url", &self.url)
+            .field("user", &self.user)
+            .field("password", &self.password)
+            .field("token", &self.token)
+            .field("creds_file", &self.creds_file)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// CA certificate (PEM) to verify the server with.
+    pub ca: Option<PathBuf>,
+    /// Client certificate (PEM), with `key`.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// A secret value: never printed.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemasConfig {
+    /// Directory whose `.proto` files are compiled at start-up, relative to the
+    /// config file.
+    #[serde(default = "default_schema_dir")]
+    pub dir: PathBuf,
+    /// Unknown payload fields: `reject` (the event is dead-lettered) or `allow`.
+    #[serde(default)]
+    pub unknown_fields: UnknownFields,
+    /// Explicit message per event type and version, overriding the convention
+    /// that `orders.OrderCreated` at version 2 is `orders.v2.OrderCreated`.
+    #[serde(default)]
+    pub types: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        Self {
+            dir: default_schema_dir(),
+            unknown_fields: UnknownFields::default(),
+            types: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_schema_dir() -> PathBuf {
+    PathBuf::from("schemas")
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnknownFields {
+    #[default]
+    Reject,
+    Allow,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The JetStream stream to read (it must exist).
+    pub stream: String,
+    /// Subjects of the stream this source reads; routes without `subjects` get these.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    pub name: String,
+    /// The source whose events this route sends.
+    pub from: String,
+    #[serde(default, rename = "match")]
+    pub matches: MatchConfig,
+    /// The sinks that receive the matching events.
+    pub to: Vec<String>,
+}
+
+/// Both lists are optional; an empty list matches everything.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchConfig {
+    #[serde(default)]
+    pub event_types: Vec<String>,
+    /// NATS subject patterns (`*`, `>`), also used as the consumer's filter.
+    #[serde(default)]
+    pub subjects: Vec<String>,
+}
+
+/// Defaults for every sink's consumer (`consumers:`); each may be overridden in
+/// a sink's block.
+#[derive(Debug, Clone, Default)]
+pub struct ConsumerDefaults {
+    /// Durable consumer names are `<durable_prefix>-<source>-<sink>` (default `jetline`).
+    pub durable_prefix: Option<String>,
+    pub settings: ConsumerOverrides,
+}
+
+// By hand rather than with `flatten`, which would let unknown keys through.
+impl<'de> Deserialize<'de> for ConsumerDefaults {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
+        let durable_prefix = match map.remove("durable_prefix") {
+            None => None,
+            Some(serde_json::Value::String(prefix)) => Some(prefix),
+            Some(other) => {
+                return Err(serde::de::Error::custom(format!(
+                    "durable_prefix: expected a string, found {other}"
+                )));
+            }
+        };
+        let settings = ConsumerOverrides::deserialize(serde_json::Value::Object(map))
+            .map_err(serde::de::Error::custom)?;
+        Ok(Self {
+            durable_prefix,
+            settings,
+        })
+    }
+}
+
+/// The per-sink consumer settings; absent values come from `consumers:`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsumerOverrides {
+    /// How long JetStream waits for an ack before redelivering (default 30s).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub ack_wait: Option<Duration>,
+    /// Messages delivered but not yet acked, per consumer (default 1000).
+    pub max_ack_pending: Option<i64>,
+    /// `per_key` (default: an aggregate's events in order) or `none`.
+    pub ordering: Option<Ordering>,
+    /// Events applied in parallel (default 32).
+    pub concurrency: Option<usize>,
+    pub retry: Option<RetryConfig>,
+    /// After an event is dead-lettered: `continue` (default) or `park_key`.
+    pub on_dead_letter: Option<OnDeadLetter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Deliveries before dead-lettering (default 8).
+    pub max_attempts: Option<u32>,
+    /// Delays between attempts, the last repeating (default 200ms, 1s, 5s, 30s).
+    #[serde(default, deserialize_with = "optional_durations")]
+    pub backoff: Option<Vec<Duration>>,
+    /// Random spread of each delay, 0.0 to 1.0 (default 0.2).
+    pub jitter: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ordering {
+    #[default]
+    PerKey,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDeadLetter {
+    #[default]
+    Continue,
+    ParkKey,
+}
+
+/// Keys a sink block may carry whatever its `type`.
+pub const SINK_COMMON_KEYS: &[&str] = &[
+    "ack_wait",
+    "max_ack_pending",
+    "ordering",
+    "concurrency",
+    "retry",
+    "on_dead_letter",
+];
+
+/// Publishes each event to a JetStream subject.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JetStreamSinkConfig {
+    /// Subject template: `{aggregate_id}`, `{aggregate_type}`, `{event_type}`,
+    /// `{event_id}`, `{source_subject}`.
+    pub subject: String,
+    /// Envelope encoding written: `protobuf` (default) or `json`.
+    #[serde(default)]
+    pub format: Format,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    #[default]
+    Protobuf,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeadLetterConfig {
+    /// Stream holding dead letters; created if missing.
+    #[serde(default = "default_dlq_stream")]
+    pub stream: String,
+    /// Dead letters are published to `<subject_prefix>.<sink>.<reason>`.
+    #[serde(default = "default_dlq_prefix")]
+    pub subject_prefix: String,
+}
+
+impl Default for DeadLetterConfig {
+    fn default() -> Self {
+        Self {
+            stream: default_dlq_stream(),
+            subject_prefix: default_dlq_prefix(),
+        }
+    }
+}
+
+fn default_dlq_stream() -> String {
+    "DLQ".to_owned()
+}
+
+fn default_dlq_prefix() -> String {
+    "dlq".to_owned()
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of `/metrics`, `/healthz` and `/readyz`.
+    #[serde(default = "default_metrics_listen")]
+    pub listen: String,
+    /// How often consumer lag is read from the server.
+    #[serde(default = "default_lag_poll_interval", deserialize_with = "duration")]
+    pub lag_poll_interval: Duration,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_metrics_listen(),
+            lag_poll_interval: default_lag_poll_interval(),
+        }
+    }
+}
+
+fn default_metrics_listen() -> String {
+    "0.0.0.0:9464".to_owned()
+}
+
+fn default_lag_poll_interval() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// A humantime duration (`30s`, `200ms`, `1m 30s`).
+pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    humantime::parse_duration(&text)
+        .map_err(|err| serde::de::Error::custom(format!("invalid duration {text:?}: {err}")))
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Duration>, D::Error> {
+    duration(deserializer).map(Some)
+}
+
+fn optional_durations<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Duration>>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    texts
+        .iter()
+        .map(|text| {
+            humantime::parse_duration(text).map_err(|err| {
+                serde::de::Error::custom(format!("invalid duration {text:?}: {err}"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}

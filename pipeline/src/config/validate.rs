@@ -1,0 +1,638 @@
+//! Raw configuration -> [`Config`]: merges consumer defaults into each sink,
+//! checks names, subjects, templates and references, and derives one
+//! [`PipelineSpec`] per (source, sink) pair. Pure: no IO, every problem
+//! collected and named by its key path.
+
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
+
+use serde::de::DeserializeOwned;
+
+use super::{
+    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, PipelineSpec,
+    RetryPolicy, RouteSpec, SinkKind, SinkSpec,
+    raw::{self, ConsumerOverrides, RawConfig, SINK_COMMON_KEYS},
+};
+use crate::template::{Template, is_valid_subject, is_valid_subject_pattern};
+
+const DEFAULT_DURABLE_PREFIX: &str = "jetline";
+const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
+const DEFAULT_MAX_ACK_PENDING: i64 = 1000;
+const DEFAULT_CONCURRENCY: usize = 32;
+const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+const DEFAULT_JITTER: f64 = 0.2;
+
+fn default_backoff() -> Vec<Duration> {
+    [200, 1_000, 5_000, 30_000]
+        .into_iter()
+        .map(Duration::from_millis)
+        .collect()
+}
+
+/// Checks a parsed configuration and builds the [`Config`] the pipeline runs from.
+pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
+    let mut errors = Vec::new();
+
+    if raw.nats.url.trim().is_empty() {
+        errors.push(ConfigError::new("nats.url", "must not be empty"));
+    }
+    if raw.nats.password.is_some() && raw.nats.user.is_none() {
+        errors.push(ConfigError::new("nats.user", "a password needs a user"));
+    }
+
+    for (name, source) in &raw.sources {
+        check_name(&mut errors, &format!("sources.{name}"), name);
+        if !is_valid_name(&source.stream) {
+            errors.push(ConfigError::new(
+                format!("sources.{name}.stream"),
+                format!("invalid stream name {:?}", source.stream),
+            ));
+        }
+        for (index, subject) in source.subjects.iter().enumerate() {
+            if !is_valid_subject_pattern(subject) {
+                errors.push(ConfigError::new(
+                    format!("sources.{name}.subjects[{index}]"),
+                    format!("invalid subject {subject:?}"),
+                ));
+            }
+        }
+    }
+    if raw.sources.is_empty() {
+        errors.push(ConfigError::new("sources", "at least one source is needed"));
+    }
+
+    let defaults = &raw.consumers.settings;
+    let durable_prefix = raw
+        .consumers
+        .durable_prefix
+        .clone()
+        .unwrap_or_else(|| DEFAULT_DURABLE_PREFIX.to_owned());
+    check_name(&mut errors, "consumers.durable_prefix", &durable_prefix);
+    check_overrides(&mut errors, "consumers", defaults);
+
+    let mut sinks = BTreeMap::new();
+    for (name, value) in &raw.sinks {
+        check_name(&mut errors, &format!("sinks.{name}"), name);
+        if let Some(sink) = parse_sink(&mut errors, name, value, defaults, &durable_prefix) {
+            sinks.insert(name.clone(), sink);
+        }
+    }
+
+    let routes = check_routes(&mut errors, &raw);
+
+    if !is_valid_name(&raw.dead_letter.stream) {
+        errors.push(ConfigError::new(
+            "dead_letter.stream",
+            format!("invalid stream name {:?}", raw.dead_letter.stream),
+        ));
+    }
+    if !is_valid_subject(&raw.dead_letter.subject_prefix) {
+        errors.push(ConfigError::new(
+            "dead_letter.subject_prefix",
+            format!("invalid subject {:?}", raw.dead_letter.subject_prefix),
+        ));
+    }
+    for (name, source) in &raw.sources {
+        if source.stream == raw.dead_letter.stream {
+            errors.push(ConfigError::new(
+                format!("sources.{name}.stream"),
+                "a source cannot read the dead-letter stream",
+            ));
+        }
+    }
+
+    let listen = raw.metrics.listen.parse::<SocketAddr>().map_err(|err| {
+        ConfigError::new(
+            "metrics.listen",
+            format!("expected host:port, {:?}: {err}", raw.metrics.listen),
+        )
+    });
+    let listen = listen.map_err(|err| errors.push(err)).ok();
+    if raw.metrics.lag_poll_interval.is_zero() {
+        errors.push(ConfigError::new(
+            "metrics.lag_poll_interval",
+            "must be above 0",
+        ));
+    }
+
+    if !errors.is_empty() {
+        return Err(ConfigErrors(errors));
+    }
+    let pipelines = derive_pipelines(&raw, &routes, &sinks);
+    Ok(Config {
+        nats: raw.nats,
+        schemas: raw.schemas,
+        sources: raw.sources,
+        sinks,
+        routes,
+        dead_letter: raw.dead_letter,
+        metrics: MetricsSettings {
+            listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9464))),
+            lag_poll_interval: raw.metrics.lag_poll_interval,
+        },
+        upcasters: raw.upcasters,
+        pipelines,
+    })
+}
+
+/// Splits a sink block into its common keys and its type's keys, and parses
+/// each with its full key path.
+fn parse_sink(
+    errors: &mut Vec<ConfigError>,
+    name: &str,
+    value: &serde_json::Value,
+    defaults: &ConsumerOverrides,
+    durable_prefix: &str,
+) -> Option<SinkSpec> {
+    let path = format!("sinks.{name}");
+    let Some(block) = value.as_object() else {
+        errors.push(ConfigError::new(path, "expected a mapping"));
+        return None;
+    };
+    let mut common = serde_json::Map::new();
+    let mut specific = serde_json::Map::new();
+    let mut kind = None;
+    let mut schema_version = None;
+    for (key, value) in block {
+        match key.as_str() {
+            "type" => kind = Some(value.clone()),
+            "schema_version" => schema_version = Some(value.clone()),
+            key if SINK_COMMON_KEYS.contains(&key) => {
+                common.insert(key.to_owned(), value.clone());
+            }
+            _ => {
+                specific.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    let overrides: Option<ConsumerOverrides> =
+        parse_at(errors, &path, serde_json::Value::Object(common));
+    let schema_version = schema_version.and_then(|version| {
+        match version.as_u64().and_then(|v| u32::try_from(v).ok()) {
+            Some(version) if version >= 1 => Some(version),
+            _ => {
+                errors.push(ConfigError::new(
+                    format!("{path}.schema_version"),
+                    format!("expected a version number >= 1, found {version}"),
+                ));
+                None
+            }
+        }
+    });
+    let kind = match kind.as_ref().and_then(|kind| kind.as_str()) {
+        Some("jetstream") => {
+            let config: Option<raw::JetStreamSinkConfig> =
+                parse_at(errors, &path, serde_json::Value::Object(specific));
+            config.and_then(|config| {
+                Template::parse_subject(&config.subject)
+                    .map_err(|err| {
+                        errors.push(ConfigError::new(format!("{path}.subject"), err.to_string()))
+                    })
+                    .ok()?;
+                Some(SinkKind::JetStream(config))
+            })
+        }
+        Some(other) => {
+            errors.push(ConfigError::new(
+                format!("{path}.type"),
+                format!("unknown sink type {other:?} (known: jetstream)"),
+            ));
+            None
+        }
+        None => {
+            errors.push(ConfigError::new(
+                format!("{path}.type"),
+                "missing sink type (known: jetstream)",
+            ));
+            None
+        }
+    };
+    let overrides = overrides?;
+    check_overrides(errors, &path, &overrides);
+    Some(SinkSpec {
+        name: name.to_owned(),
+        kind: kind?,
+        consumer: merge(durable_prefix, defaults, &overrides),
+        schema_version,
+    })
+}
+
+/// Deserializes `value`, naming errors by `prefix` plus the path inside it.
+fn parse_at<T: DeserializeOwned>(
+    errors: &mut Vec<ConfigError>,
+    prefix: &str,
+    value: serde_json::Value,
+) -> Option<T> {
+    serde_path_to_error::deserialize(value)
+        .map_err(|err| {
+            let inner = err.path().to_string();
+            let path = if inner == "." {
+                prefix.to_owned()
+            } else {
+                format!("{prefix}.{inner}")
+            };
+            errors.push(ConfigError::new(path, err.into_inner().to_string()));
+        })
+        .ok()
+}
+
+fn check_overrides(errors: &mut Vec<ConfigError>, path: &str, overrides: &ConsumerOverrides) {
+    if overrides
+        .ack_wait
+        .is_some_and(|wait| wait < Duration::from_secs(1))
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.ack_wait"),
+            "must be at least 1s",
+        ));
+    }
+    if overrides.max_ack_pending.is_some_and(|max| max < 1) {
+        errors.push(ConfigError::new(
+            format!("{path}.max_ack_pending"),
+            "must be at least 1",
+        ));
+    }
+    if overrides.concurrency.is_some_and(|count| count < 1) {
+        errors.push(ConfigError::new(
+            format!("{path}.concurrency"),
+            "must be at least 1",
+        ));
+    }
+    if let Some(retry) = &overrides.retry {
+        if retry.max_attempts.is_some_and(|max| max < 1) {
+            errors.push(ConfigError::new(
+                format!("{path}.retry.max_attempts"),
+                "must be at least 1",
+            ));
+        }
+        if retry.backoff.as_ref().is_some_and(Vec::is_empty) {
+            errors.push(ConfigError::new(
+                format!("{path}.retry.backoff"),
+                "needs at least one delay",
+            ));
+        }
+        if retry
+            .jitter
+            .is_some_and(|jitter| !(0.0..=1.0).contains(&jitter))
+        {
+            errors.push(ConfigError::new(
+                format!("{path}.retry.jitter"),
+                "must be between 0.0 and 1.0",
+            ));
+        }
+    }
+}
+
+fn merge(
+    durable_prefix: &str,
+    defaults: &ConsumerOverrides,
+    sink: &ConsumerOverrides,
+) -> ConsumerSettings {
+    let retries = [sink.retry.as_ref(), defaults.retry.as_ref()];
+    ConsumerSettings {
+        durable_prefix: durable_prefix.to_owned(),
+        ack_wait: sink
+            .ack_wait
+            .or(defaults.ack_wait)
+            .unwrap_or(DEFAULT_ACK_WAIT),
+        max_ack_pending: sink
+            .max_ack_pending
+            .or(defaults.max_ack_pending)
+            .unwrap_or(DEFAULT_MAX_ACK_PENDING),
+        ordering: sink.ordering.or(defaults.ordering).unwrap_or_default(),
+        concurrency: sink
+            .concurrency
+            .or(defaults.concurrency)
+            .unwrap_or(DEFAULT_CONCURRENCY),
+        retry: RetryPolicy {
+            max_attempts: retries
+                .into_iter()
+                .flatten()
+                .find_map(|retry| retry.max_attempts)
+                .unwrap_or(DEFAULT_MAX_ATTEMPTS),
+            backoff: retries
+                .into_iter()
+                .flatten()
+                .find_map(|retry| retry.backoff.clone())
+                .unwrap_or_else(default_backoff),
+            jitter: retries
+                .into_iter()
+                .flatten()
+                .find_map(|retry| retry.jitter)
+                .unwrap_or(DEFAULT_JITTER),
+        },
+        on_dead_letter: sink
+            .on_dead_letter
+            .or(defaults.on_dead_letter)
+            .unwrap_or_default(),
+    }
+}
+
+fn check_routes(errors: &mut Vec<ConfigError>, raw: &RawConfig) -> Vec<RouteSpec> {
+    let mut routes = Vec::new();
+    for (index, route) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{index}]");
+        if raw.routes[..index]
+            .iter()
+            .any(|other| other.name == route.name)
+        {
+            errors.push(ConfigError::new(
+                format!("{path}.name"),
+                format!("duplicate route name {:?}", route.name),
+            ));
+        }
+        let source = raw.sources.get(&route.from);
+        if source.is_none() {
+            errors.push(ConfigError::new(
+                format!("{path}.from"),
+                format!("no source named {:?}", route.from),
+            ));
+        }
+        if route.to.is_empty() {
+            errors.push(ConfigError::new(format!("{path}.to"), "names no sink"));
+        }
+        for (position, sink) in route.to.iter().enumerate() {
+            if !raw.sinks.contains_key(sink) {
+                errors.push(ConfigError::new(
+                    format!("{path}.to[{position}]"),
+                    format!("no sink named {sink:?}"),
+                ));
+            }
+        }
+        for (position, event_type) in route.matches.event_types.iter().enumerate() {
+            if event_type.trim().is_empty() {
+                errors.push(ConfigError::new(
+                    format!("{path}.match.event_types[{position}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        for (position, subject) in route.matches.subjects.iter().enumerate() {
+            let key = format!("{path}.match.subjects[{position}]");
+            if !is_valid_subject_pattern(subject) {
+                errors.push(ConfigError::new(
+                    key,
+                    format!("invalid subject {subject:?}"),
+                ));
+            } else if let Some(source) = source
+                && !source.subjects.is_empty()
+                && !source.subjects.iter().any(|s| pattern_within(subject, s))
+            {
+                errors.push(ConfigError::new(
+                    key,
+                    format!(
+                        "{subject:?} is outside the subjects of source {:?}",
+                        route.from
+                    ),
+                ));
+            }
+        }
+        routes.push(RouteSpec {
+            name: route.name.clone(),
+            from: route.from.clone(),
+            event_types: route.matches.event_types.clone(),
+            subjects: route.matches.subjects.clone(),
+            to: route.to.clone(),
+        });
+    }
+    routes
+}
+
+/// Whether every subject matching `inner` also matches `outer`.
+fn pattern_within(inner: &str, outer: &str) -> bool {
+    let outer_tokens: Vec<&str> = outer.split('.').collect();
+    let inner_tokens: Vec<&str> = inner.split('.').collect();
+    for (index, token) in outer_tokens.iter().enumerate() {
+        match (*token, inner_tokens.get(index)) {
+            (">", Some(_)) => return true,
+            ("*", Some(t)) if *t != ">" => {}
+            (literal, Some(t)) if literal == *t => {}
+            _ => return false,
+        }
+    }
+    inner_tokens.len() == outer_tokens.len()
+}
+
+fn derive_pipelines(
+    raw: &RawConfig,
+    routes: &[RouteSpec],
+    sinks: &BTreeMap<String, SinkSpec>,
+) -> Vec<PipelineSpec> {
+    let mut pipelines: Vec<PipelineSpec> = Vec::new();
+    for (index, route) in routes.iter().enumerate() {
+        let Some(source) = raw.sources.get(&route.from) else {
+            continue;
+        };
+        for sink_name in &route.to {
+            let Some(sink) = sinks.get(sink_name) else {
+                continue;
+            };
+            let position = pipelines
+                .iter()
+                .position(|p| p.source == route.from && p.sink == *sink_name);
+            let pipeline = match position {
+                Some(position) => &mut pipelines[position],
+                None => {
+                    pipelines.push(PipelineSpec {
+                        source: route.from.clone(),
+                        stream: source.stream.clone(),
+                        sink: sink_name.clone(),
+                        durable_name: format!(
+                            "{}-{}-{}",
+                            sink.consumer.durable_prefix, route.from, sink_name
+                        ),
+                        filter_subjects: Vec::new(),
+                        routes: Vec::new(),
+                    });
+                    pipelines.last_mut().expect("just pushed")
+                }
+            };
+            pipeline.routes.push(index);
+        }
+    }
+    for pipeline in &mut pipelines {
+        let source = &raw.sources[&pipeline.source];
+        let wanted: Vec<&str> = if pipeline
+            .routes
+            .iter()
+            .any(|&index| routes[index].subjects.is_empty())
+        {
+            source.subjects.iter().map(String::as_str).collect()
+        } else {
+            pipeline
+                .routes
+                .iter()
+                .flat_map(|&index| routes[index].subjects.iter().map(String::as_str))
+                .collect()
+        };
+        pipeline.filter_subjects = minimal_cover(&wanted);
+    }
+    pipelines
+}
+
+/// Drops patterns already covered by another, since JetStream refuses
+/// overlapping filters.
+fn minimal_cover(patterns: &[&str]) -> Vec<String> {
+    let mut kept: Vec<String> = Vec::new();
+    for (index, pattern) in patterns.iter().enumerate() {
+        let covered = patterns.iter().enumerate().any(|(other_index, other)| {
+            other_index != index
+                && pattern_within(pattern, other)
+                && (!pattern_within(other, pattern) || other_index < index)
+        });
+        if !covered {
+            kept.push((*pattern).to_owned());
+        }
+    }
+    kept
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+fn check_name(errors: &mut Vec<ConfigError>, path: &str, name: &str) {
+    if !is_valid_name(name) {
+        errors.push(ConfigError::new(
+            path,
+            format!(
+                "{name:?} may hold only letters, digits, '_' and '-' (it names a durable consumer)"
+            ),
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    const GOOD: &str = "
+nats: { url: nats://127.0.0.1:4222 }
+sources:
+  orders: { stream: ORDERS, subjects: ['orders.>'] }
+sinks:
+  out_a: { type: jetstream, subject: 'projections.a.{aggregate_id}', concurrency: 4 }
+  out_b: { type: jetstream, subject: 'projections.b.{event_type}', retry: { max_attempts: 3 } }
+routes:
+  - name: all
+    from: orders
+    to: [out_a, out_b]
+  - name: created
+    from: orders
+    match: { subjects: ['orders.created.>'] }
+    to: [out_b]
+consumers:
+  durable_prefix: jl
+  max_ack_pending: 50
+";
+
+    #[test]
+    fn merges_defaults_and_derives_one_consumer_per_pair() {
+        let config = load_str(GOOD).expect("valid");
+        let a = &config.sinks["out_a"].consumer;
+        assert_eq!((a.concurrency, a.max_ack_pending), (4, 50));
+        assert_eq!(a.retry.max_attempts, DEFAULT_MAX_ATTEMPTS);
+        let b = &config.sinks["out_b"].consumer;
+        assert_eq!(
+            (b.concurrency, b.retry.max_attempts),
+            (DEFAULT_CONCURRENCY, 3)
+        );
+        let names: Vec<_> = config
+            .pipelines
+            .iter()
+            .map(|p| p.durable_name.as_str())
+            .collect();
+        assert_eq!(names, ["jl-orders-out_a", "jl-orders-out_b"]);
+        assert_eq!(config.pipelines[1].routes, [0, 1]);
+        assert_eq!(config.pipelines[1].filter_subjects, ["orders.>"]);
+    }
+
+    #[test]
+    fn every_error_names_its_key() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "sinks:",
+                "sinks:\n  out_a: { type: jetstream, subjet: x }\n",
+                "sinks.out_a.subjet",
+            ),
+            (
+                "routes:",
+                "routes:\n  - { name: r, from: nope, to: [out_a] }\n",
+                "routes[0].from",
+            ),
+            (
+                "routes:",
+                "routes:\n  - { name: r, from: orders, to: [nope] }\n",
+                "routes[0].to[0]",
+            ),
+            (
+                "sinks:",
+                "sinks:\n  out_a: { type: jetstream, subject: 'a.{bad}' }\n",
+                "sinks.out_a.subject",
+            ),
+            (
+                "sinks:",
+                "sinks:\n  out_a: { type: kafka }\n",
+                "sinks.out_a.type",
+            ),
+            (
+                "sinks:",
+                "sinks:\n  out_a: { type: jetstream, subject: a, ack_wait: forever }\n",
+                "sinks.out_a.ack_wait",
+            ),
+            (
+                "consumers:",
+                "consumers:\n  max_ack_pending: 0\n",
+                "consumers.max_ack_pending",
+            ),
+            (
+                "metrics:",
+                "metrics:\n  listen: nowhere\n",
+                "metrics.listen",
+            ),
+            ("nats:", "nats:\n  url: x\n  colour: blue\n", "nats.colour"),
+        ];
+        for (section, replacement, expected_path) in cases {
+            let text = replace_section(GOOD, section, replacement);
+            let errors = load_str(&text).expect_err(expected_path);
+            assert!(
+                errors.0.iter().any(|e| e.path == *expected_path),
+                "{expected_path}: got {errors}"
+            );
+        }
+    }
+
+    fn replace_section(text: &str, section: &str, replacement: &str) -> String {
+        let mut out = String::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with(section) {
+                out.push_str(replacement);
+                skipping = true;
+                continue;
+            }
+            if skipping && (line.starts_with(' ') || line.is_empty()) {
+                continue;
+            }
+            skipping = false;
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !skipping && !out.contains(replacement) {
+            out.push_str(replacement);
+        }
+        out
+    }
+
+    #[test]
+    fn overlapping_filters_are_reduced() {
+        assert_eq!(
+            minimal_cover(&["orders.>", "orders.a", "x.*"]),
+            ["orders.>", "x.*"]
+        );
+        assert_eq!(minimal_cover(&["a.*", "a.*"]), ["a.*"]);
+    }
+}

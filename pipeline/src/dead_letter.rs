@@ -1,0 +1,258 @@
+//! Dead letters: the reasons, the `Jetline-Dlq-*` headers, and publishing an
+//! entry to the dead-letter stream (created if missing).
+//!
+//! An entry holds the original body and headers unchanged, except that the
+//! server-interpreted `Nats-*` headers are kept under `Jetline-Dlq-Orig-*`
+//! (a producer's `Nats-Msg-Id` or `Nats-Expected-*` would otherwise make the
+//! dead-letter publish deduplicate or fail). Its own `Nats-Msg-Id` is
+//! `<sink>:<stream>:<seq>:<attempts>`, so a retried dead-letter publish is
+//! stored once.
+
+use std::time::Duration;
+
+use async_nats::{HeaderMap, jetstream};
+use bytes::Bytes;
+use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+/// Why an event was dead-lettered: one fixed snake_case name each, used in
+/// the `Jetline-Dlq-Reason` header and in metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DeadLetterReason {
+    InvalidEnvelope,
+    UnknownType,
+    InvalidPayload,
+    UpcastFailed,
+    SinkRejected,
+    MaxAttempts,
+    ParkedAfterFailure,
+}
+
+impl DeadLetterReason {
+    pub const ALL: [DeadLetterReason; 7] = [
+        DeadLetterReason::InvalidEnvelope,
+        DeadLetterReason::UnknownType,
+        DeadLetterReason::InvalidPayload,
+        DeadLetterReason::UpcastFailed,
+        DeadLetterReason::SinkRejected,
+        DeadLetterReason::MaxAttempts,
+        DeadLetterReason::ParkedAfterFailure,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadLetterReason::InvalidEnvelope => "invalid_envelope",
+            DeadLetterReason::UnknownType => "unknown_type",
+            DeadLetterReason::InvalidPayload => "invalid_payload",
+            DeadLetterReason::UpcastFailed => "upcast_failed",
+            DeadLetterReason::SinkRejected => "sink_rejected",
+            DeadLetterReason::MaxAttempts => "max_attempts",
+            DeadLetterReason::ParkedAfterFailure => "parked_after_failure",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|reason| reason.as_str() == name)
+    }
+}
+
+/// Header names of a dead-letter entry.
+pub mod header {
+    pub const REASON: &str = "Jetline-Dlq-Reason";
+    pub const ERROR: &str = "Jetline-Dlq-Error";
+    pub const SINK: &str = "Jetline-Dlq-Sink";
+    pub const SOURCE_STREAM: &str = "Jetline-Dlq-Source-Stream";
+    pub const SOURCE_SUBJECT: &str = "Jetline-Dlq-Source-Subject";
+    pub const SOURCE_SEQ: &str = "Jetline-Dlq-Source-Seq";
+    pub const TIME: &str = "Jetline-Dlq-Time";
+    pub const ATTEMPTS: &str = "Jetline-Dlq-Attempts";
+    /// Prefix under which a producer's `Nats-*` headers are kept.
+    pub const ORIGINAL_PREFIX: &str = "Jetline-Dlq-Orig-";
+}
+
+/// One event to dead-letter, with where it came from.
+#[derive(Debug, Clone)]
+pub struct DeadLetter<'a> {
+    pub sink: &'a str,
+    pub reason: DeadLetterReason,
+    pub error: &'a str,
+    pub source_stream: &'a str,
+    pub source_subject: &'a str,
+    pub source_seq: u64,
+    pub attempts: u32,
+    pub headers: Option<&'a HeaderMap>,
+    pub body: Bytes,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    #[error("cannot create or read dead-letter stream {stream}: {message}")]
+    Stream { stream: String, message: String },
+    #[error("dead-letter publish failed: {0}")]
+    Publish(String),
+}
+
+/// Publishes dead letters to `<subject_prefix>.<sink>.<reason>`.
+#[derive(Clone)]
+pub struct DeadLetters {
+    jetstream: jetstream::Context,
+    stream: String,
+    subject_prefix: String,
+}
+
+/// Longest error text kept in a header; headers are not for essays.
+const MAX_ERROR_LEN: usize = 1024;
+
+impl DeadLetters {
+    pub fn new(jetstream: jetstream::Context, stream: &str, subject_prefix: &str) -> Self {
+        Self {
+            jetstream,
+            stream: stream.to_owned(),
+            subject_prefix: subject_prefix.to_owned(),
+        }
+    }
+
+    /// Creates the dead-letter stream when it does not exist.
+    pub async fn ensure_stream(&self) -> Result<(), DeadLetterError> {
+        self.jetstream
+            .get_or_create_stream(jetstream::stream::Config {
+                name: self.stream.clone(),
+                subjects: vec![format!("{}.>", self.subject_prefix)],
+                duplicate_window: Duration::from_secs(120),
+                ..Default::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|err| DeadLetterError::Stream {
+                stream: self.stream.clone(),
+                message: err.to_string(),
+            })
+    }
+
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
+
+    pub fn subject_prefix(&self) -> &str {
+        &self.subject_prefix
+    }
+
+    /// Stores one entry and waits for the stream to acknowledge it.
+    pub async fn publish(&self, letter: &DeadLetter<'_>) -> Result<(), DeadLetterError> {
+        let subject = format!(
+            "{}.{}.{}",
+            self.subject_prefix,
+            letter.sink,
+            letter.reason.as_str()
+        );
+        let headers = entry_headers(letter);
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject, headers, letter.body.clone())
+            .await
+            .map_err(|err| DeadLetterError::Publish(err.to_string()))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|err| DeadLetterError::Publish(err.to_string()))
+    }
+}
+
+fn entry_headers(letter: &DeadLetter<'_>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(original) = letter.headers {
+        for (name, values) in original.iter() {
+            let name: &str = name.as_ref();
+            let kept = if name.to_ascii_lowercase().starts_with("nats-") {
+                format!("{}{name}", header::ORIGINAL_PREFIX)
+            } else {
+                name.to_owned()
+            };
+            for value in values {
+                headers.append(kept.as_str(), value.as_str());
+            }
+        }
+    }
+    let error: String = one_line(letter.error, MAX_ERROR_LEN);
+    let now = OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .unwrap_or_default();
+    headers.insert(header::REASON, letter.reason.as_str());
+    headers.insert(header::ERROR, error.as_str());
+    headers.insert(header::SINK, letter.sink);
+    headers.insert(header::SOURCE_STREAM, letter.source_stream);
+    headers.insert(header::SOURCE_SUBJECT, letter.source_subject);
+    headers.insert(header::SOURCE_SEQ, letter.source_seq.to_string().as_str());
+    headers.insert(header::TIME, now.as_str());
+    headers.insert(header::ATTEMPTS, letter.attempts.to_string().as_str());
+    let id = format!(
+        "{}:{}:{}:{}",
+        letter.sink, letter.source_stream, letter.source_seq, letter.attempts
+    );
+    headers.insert("Nats-Msg-Id", id.as_str());
+    headers
+}
+
+/// Header values cannot hold line breaks.
+fn one_line(text: &str, max_len: usize) -> String {
+    let mut line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if line.len() > max_len {
+        let mut cut = max_len;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_round_trip_by_name() {
+        for reason in DeadLetterReason::ALL {
+            assert_eq!(DeadLetterReason::parse(reason.as_str()), Some(reason));
+        }
+        assert_eq!(DeadLetterReason::parse("nope"), None);
+    }
+
+    #[test]
+    fn nats_headers_are_set_aside_and_the_rest_kept() {
+        let mut original = HeaderMap::new();
+        original.insert("Nats-Msg-Id", "producer-id");
+        original.insert("Content-Type", "application/json");
+        let letter = DeadLetter {
+            sink: "s",
+            reason: DeadLetterReason::InvalidPayload,
+            error: "bad\nthing",
+            source_stream: "ORDERS",
+            source_subject: "orders.x",
+            source_seq: 7,
+            attempts: 1,
+            headers: Some(&original),
+            body: Bytes::from_static(b"x"),
+        };
+        let headers = entry_headers(&letter);
+        assert_eq!(
+            headers.get("Nats-Msg-Id").map(|v| v.as_str()),
+            Some("s:ORDERS:7:1")
+        );
+        assert_eq!(
+            headers
+                .get("Jetline-Dlq-Orig-Nats-Msg-Id")
+                .map(|v| v.as_str()),
+            Some("producer-id")
+        );
+        assert_eq!(
+            headers.get("Content-Type").map(|v| v.as_str()),
+            Some("application/json")
+        );
+        assert_eq!(
+            headers.get(header::ERROR).map(|v| v.as_str()),
+            Some("bad thing")
+        );
+    }
+}

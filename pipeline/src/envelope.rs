@@ -1,0 +1,509 @@
+//! Message bytes -> [`Envelope`]: the `jetline.v1.Envelope` in binary protobuf
+//! or in JSON (chosen by `Content-Type`), strictly validated, with its payload
+//! decoded once against its schema.
+//!
+//! Never panics on input: every problem is a [`DecodeError`], whose kind picks
+//! the dead-letter reason.
+
+use std::{collections::HashMap, sync::LazyLock};
+
+use prost::Message as _;
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, Value};
+
+use crate::{config::UnknownFields, dead_letter::DeadLetterReason, schema::SchemaRegistry};
+
+/// The generated wire type of `schemas/jetline/v1/envelope.proto`.
+pub mod wire {
+    include!(concat!(env!("OUT_DIR"), "/jetline.v1.rs"));
+}
+
+pub const CONTENT_TYPE_PROTOBUF: &str = "application/protobuf";
+pub const CONTENT_TYPE_JSON: &str = "application/json";
+
+static ENVELOPE_DESCRIPTOR: LazyLock<MessageDescriptor> = LazyLock::new(|| {
+    let bytes = include_bytes!(concat!(env!("OUT_DIR"), "/envelope_descriptor.bin"));
+    // Built into the binary by build.rs: a failure here is a build defect.
+    DescriptorPool::decode(bytes.as_slice())
+        .expect("embedded envelope descriptor decodes")
+        .get_message_by_name("jetline.v1.Envelope")
+        .expect("embedded descriptor holds jetline.v1.Envelope")
+});
+
+/// A validated event: the envelope's fields and its decoded payload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Envelope {
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub occurred_at: prost_types::Timestamp,
+    pub correlation_id: String,
+    pub causation_id: String,
+    pub source: String,
+    pub metadata: HashMap<String, String>,
+    /// The event, decoded against its schema at `schema_version`.
+    pub payload: DynamicMessage,
+}
+
+/// The two encodings on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    Protobuf,
+    Json,
+}
+
+impl Encoding {
+    /// From the `Content-Type` header; absent means protobuf.
+    pub fn from_content_type(content_type: Option<&str>) -> Result<Self, DecodeError> {
+        let Some(content_type) = content_type else {
+            return Ok(Encoding::Protobuf);
+        };
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        match essence.to_ascii_lowercase().as_str() {
+            CONTENT_TYPE_PROTOBUF
+            | "application/x-protobuf"
+            | "application/vnd.google.protobuf" => Ok(Encoding::Protobuf),
+            CONTENT_TYPE_JSON => Ok(Encoding::Json),
+            _ => Err(DecodeError::ContentType(content_type.to_owned())),
+        }
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Encoding::Protobuf => CONTENT_TYPE_PROTOBUF,
+            Encoding::Json => CONTENT_TYPE_JSON,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("unsupported content type {0:?}")]
+    ContentType(String),
+    #[error("envelope is not valid protobuf: {0}")]
+    Protobuf(String),
+    #[error("envelope is not valid JSON: {0}")]
+    Json(String),
+    #[error("missing required envelope field {0}")]
+    MissingField(&'static str),
+    #[error("schema_version must be at least 1")]
+    ZeroVersion,
+    #[error("unknown event type {event_type:?}")]
+    UnknownType { event_type: String },
+    #[error("unknown version {version} of event type {event_type:?}")]
+    UnknownVersion { event_type: String, version: u32 },
+    #[error("payload does not match {message}: {detail}")]
+    InvalidPayload {
+        event_type: String,
+        message: String,
+        detail: String,
+    },
+    #[error("payload of {message} has an unknown field at {path}")]
+    UnknownField {
+        event_type: String,
+        message: String,
+        path: String,
+    },
+}
+
+impl DecodeError {
+    /// The event type, when the envelope could be read that far.
+    pub fn event_type(&self) -> Option<&str> {
+        match self {
+            DecodeError::UnknownType { event_type }
+            | DecodeError::UnknownVersion { event_type, .. }
+            | DecodeError::InvalidPayload { event_type, .. }
+            | DecodeError::UnknownField { event_type, .. } => Some(event_type),
+            DecodeError::ContentType(_)
+            | DecodeError::Protobuf(_)
+            | DecodeError::Json(_)
+            | DecodeError::MissingField(_)
+            | DecodeError::ZeroVersion => None,
+        }
+    }
+
+    /// The dead-letter reason this error files the event under.
+    pub fn reason(&self) -> DeadLetterReason {
+        match self {
+            DecodeError::ContentType(_)
+            | DecodeError::Protobuf(_)
+            | DecodeError::Json(_)
+            | DecodeError::MissingField(_)
+            | DecodeError::ZeroVersion => DeadLetterReason::InvalidEnvelope,
+            DecodeError::UnknownType { .. } | DecodeError::UnknownVersion { .. } => {
+                DeadLetterReason::UnknownType
+            }
+            DecodeError::InvalidPayload { .. } | DecodeError::UnknownField { .. } => {
+                DeadLetterReason::InvalidPayload
+            }
+        }
+    }
+}
+
+/// Decodes and validates one message body.
+#[derive(Debug, Clone)]
+pub struct Decoder {
+    registry: SchemaRegistry,
+    unknown_fields: UnknownFields,
+}
+
+impl Decoder {
+    pub fn new(registry: SchemaRegistry, unknown_fields: UnknownFields) -> Self {
+        Self {
+            registry,
+            unknown_fields,
+        }
+    }
+
+    pub fn registry(&self) -> &SchemaRegistry {
+        &self.registry
+    }
+
+    /// `Content-Type` and body -> a validated [`Envelope`].
+    pub fn decode(&self, content_type: Option<&str>, body: &[u8]) -> Result<Envelope, DecodeError> {
+        match Encoding::from_content_type(content_type)? {
+            Encoding::Protobuf => self.decode_protobuf(body),
+            Encoding::Json => self.decode_json(body),
+        }
+    }
+
+    fn decode_protobuf(&self, body: &[u8]) -> Result<Envelope, DecodeError> {
+        let wire =
+            wire::Envelope::decode(body).map_err(|err| DecodeError::Protobuf(err.to_string()))?;
+        let descriptor = self.payload_descriptor(&wire)?;
+        let payload =
+            DynamicMessage::decode(descriptor.clone(), wire.payload.as_slice()).map_err(|err| {
+                DecodeError::InvalidPayload {
+                    event_type: wire.event_type.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    detail: err.to_string(),
+                }
+            })?;
+        if self.unknown_fields == UnknownFields::Reject
+            && let Some(path) = first_unknown_field(&payload, "")
+        {
+            return Err(DecodeError::UnknownField {
+                event_type: wire.event_type.clone(),
+                message: descriptor.full_name().to_owned(),
+                path,
+            });
+        }
+        Ok(Envelope::from_wire(wire, payload))
+    }
+
+    fn decode_json(&self, body: &[u8]) -> Result<Envelope, DecodeError> {
+        let document: serde_json::Value =
+            serde_json::from_slice(body).map_err(|err| DecodeError::Json(err.to_string()))?;
+        let serde_json::Value::Object(mut fields) = document else {
+            return Err(DecodeError::Json(
+                "the envelope must be a JSON object".into(),
+            ));
+        };
+        let payload_json = fields.remove("payload");
+        let header = DynamicMessage::deserialize(
+            ENVELOPE_DESCRIPTOR.clone(),
+            serde_json::Value::Object(fields),
+        )
+        .map_err(|err| DecodeError::Json(err.to_string()))?;
+        let wire: wire::Envelope = header
+            .transcode_to()
+            .map_err(|err| DecodeError::Json(err.to_string()))?;
+        let descriptor = self.payload_descriptor(&wire)?;
+        let payload_json = match payload_json {
+            None | Some(serde_json::Value::Null) => serde_json::Value::Object(Default::default()),
+            Some(object @ serde_json::Value::Object(_)) => object,
+            Some(_) => {
+                return Err(DecodeError::InvalidPayload {
+                    event_type: wire.event_type.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    detail: "payload must be a JSON object".into(),
+                });
+            }
+        };
+        let options = DeserializeOptions::new()
+            .deny_unknown_fields(self.unknown_fields == UnknownFields::Reject);
+        let payload =
+            DynamicMessage::deserialize_with_options(descriptor.clone(), payload_json, &options)
+                .map_err(|err| DecodeError::InvalidPayload {
+                    event_type: wire.event_type.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    detail: err.to_string(),
+                })?;
+        Ok(Envelope::from_wire(wire, payload))
+    }
+
+    /// Checks the required fields and finds the payload's schema.
+    fn payload_descriptor(&self, wire: &wire::Envelope) -> Result<&MessageDescriptor, DecodeError> {
+        let required = [
+            ("event_id", wire.event_id.is_empty()),
+            ("event_type", wire.event_type.is_empty()),
+            ("aggregate_id", wire.aggregate_id.is_empty()),
+            ("occurred_at", wire.occurred_at.is_none()),
+        ];
+        if let Some((field, _)) = required.iter().find(|(_, missing)| *missing) {
+            return Err(DecodeError::MissingField(field));
+        }
+        if wire.schema_version == 0 {
+            return Err(DecodeError::ZeroVersion);
+        }
+        if !self.registry.contains(&wire.event_type) {
+            return Err(DecodeError::UnknownType {
+                event_type: wire.event_type.clone(),
+            });
+        }
+        self.registry
+            .resolve(&wire.event_type, wire.schema_version)
+            .ok_or_else(|| DecodeError::UnknownVersion {
+                event_type: wire.event_type.clone(),
+                version: wire.schema_version,
+            })
+    }
+}
+
+/// The path of the first field the schema does not know, depth first.
+fn first_unknown_field(message: &DynamicMessage, path: &str) -> Option<String> {
+    if let Some(field) = message.unknown_fields().next() {
+        return Some(format!("{path}#{}", field.number()));
+    }
+    for (field, value) in message.fields() {
+        let here = if path.is_empty() {
+            field.name().to_owned()
+        } else {
+            format!("{path}.{}", field.name())
+        };
+        let found = match value {
+            Value::Message(inner) => first_unknown_field(inner, &here),
+            Value::List(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(index, item)| match item {
+                    Value::Message(inner) => {
+                        first_unknown_field(inner, &format!("{here}[{index}]"))
+                    }
+                    _ => None,
+                }),
+            Value::Map(entries) => entries.values().find_map(|item| match item {
+                Value::Message(inner) => first_unknown_field(inner, &here),
+                _ => None,
+            }),
+            _ => None,
+        };
+        if found.is_some() {
+            return found;
+        }
+    }
+    None
+}
+
+impl Envelope {
+    fn from_wire(wire: wire::Envelope, payload: DynamicMessage) -> Self {
+        Self {
+            event_id: wire.event_id,
+            event_type: wire.event_type,
+            schema_version: wire.schema_version,
+            aggregate_type: wire.aggregate_type,
+            aggregate_id: wire.aggregate_id,
+            occurred_at: wire.occurred_at.unwrap_or_default(),
+            correlation_id: wire.correlation_id,
+            causation_id: wire.causation_id,
+            source: wire.source,
+            metadata: wire.metadata,
+            payload,
+        }
+    }
+
+    fn to_wire(&self, payload: Vec<u8>) -> wire::Envelope {
+        wire::Envelope {
+            event_id: self.event_id.clone(),
+            event_type: self.event_type.clone(),
+            schema_version: self.schema_version,
+            aggregate_type: self.aggregate_type.clone(),
+            aggregate_id: self.aggregate_id.clone(),
+            occurred_at: Some(self.occurred_at),
+            correlation_id: self.correlation_id.clone(),
+            causation_id: self.causation_id.clone(),
+            source: self.source.clone(),
+            payload,
+            metadata: self.metadata.clone(),
+        }
+    }
+
+    /// The envelope in binary protobuf, payload encoded with its schema.
+    pub fn encode_protobuf(&self) -> Vec<u8> {
+        self.to_wire(self.payload.encode_to_vec()).encode_to_vec()
+    }
+
+    /// The envelope in the proto3 JSON mapping, with the payload as an object.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut header = DynamicMessage::new(ENVELOPE_DESCRIPTOR.clone());
+        // Transcoding between two views of the same descriptor cannot fail.
+        let _ = header.transcode_from(&self.to_wire(Vec::new()));
+        let mut json = serde_json::to_value(&header).unwrap_or_default();
+        if let serde_json::Value::Object(fields) = &mut json {
+            fields.insert(
+                "payload".to_owned(),
+                serde_json::to_value(&self.payload).unwrap_or_default(),
+            );
+        }
+        json
+    }
+
+    /// The envelope in the given encoding.
+    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+        match encoding {
+            Encoding::Protobuf => self.encode_protobuf(),
+            // Serializing a `serde_json::Value` to bytes cannot fail.
+            Encoding::Json => serde_json::to_vec(&self.to_json()).unwrap_or_default(),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::path::PathBuf;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::raw::SchemasConfig;
+
+    pub(crate) fn example_decoder() -> Decoder {
+        let config = SchemasConfig {
+            dir: PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas")),
+            ..SchemasConfig::default()
+        };
+        Decoder::new(
+            SchemaRegistry::load(&config).expect("example schemas compile"),
+            UnknownFields::Reject,
+        )
+    }
+
+    fn created_v2_json() -> serde_json::Value {
+        serde_json::json!({
+            "eventId": "e-1",
+            "eventType": "orders.OrderCreated",
+            "schemaVersion": 2,
+            "aggregateType": "Order",
+            "aggregateId": "o-1",
+            "occurredAt": "2026-01-02T03:04:05Z",
+            "correlationId": "c-1",
+            "metadata": { "tenant": "t1" },
+            "payload": { "orderId": "o-1", "customer_id": "c-9", "totalAmount": 12.5, "currency": "EUR" }
+        })
+    }
+
+    #[test]
+    fn json_and_binary_decode_to_the_same_envelope() {
+        let decoder = example_decoder();
+        let mut json = created_v2_json();
+        json["event_type"] = json["eventType"].take();
+        json.as_object_mut().map(|o| o.remove("eventType"));
+        let json = serde_json::to_vec(&json).expect("json");
+        let from_json = decoder
+            .decode(Some("application/json"), &json)
+            .expect("valid json");
+        assert_eq!(from_json.aggregate_id, "o-1");
+        assert_eq!(from_json.metadata["tenant"], "t1");
+        let binary = from_json.encode_protobuf();
+        let from_binary = decoder.decode(None, &binary).expect("valid binary");
+        assert_eq!(from_binary, from_json);
+        let again = decoder
+            .decode(Some("application/json"), &from_json.encode(Encoding::Json))
+            .expect("own json output decodes");
+        assert_eq!(again, from_json);
+    }
+
+    #[test]
+    fn each_invalid_case_has_its_reason() {
+        let decoder = example_decoder();
+        let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+            let mut json = created_v2_json();
+            edit(&mut json);
+            decoder
+                .decode(
+                    Some("application/json"),
+                    &serde_json::to_vec(&json).expect("json"),
+                )
+                .expect_err("invalid")
+        };
+        let cases: Vec<(DecodeError, DeadLetterReason)> = vec![
+            (
+                with(&|j| j["eventId"] = "".into()),
+                DeadLetterReason::InvalidEnvelope,
+            ),
+            (
+                with(&|j| {
+                    j.as_object_mut().map(|o| o.remove("occurredAt"));
+                }),
+                DeadLetterReason::InvalidEnvelope,
+            ),
+            (
+                with(&|j| j["schemaVersion"] = 0.into()),
+                DeadLetterReason::InvalidEnvelope,
+            ),
+            (
+                with(&|j| j["bogus"] = 1.into()),
+                DeadLetterReason::InvalidEnvelope,
+            ),
+            (
+                with(&|j| j["eventType"] = "orders.Nope".into()),
+                DeadLetterReason::UnknownType,
+            ),
+            (
+                with(&|j| j["schemaVersion"] = 9.into()),
+                DeadLetterReason::UnknownType,
+            ),
+            (
+                with(&|j| j["payload"]["colour"] = "red".into()),
+                DeadLetterReason::InvalidPayload,
+            ),
+            (
+                with(&|j| j["payload"]["totalAmount"] = "lots".into()),
+                DeadLetterReason::InvalidPayload,
+            ),
+            (
+                with(&|j| j["payload"] = "text".into()),
+                DeadLetterReason::InvalidPayload,
+            ),
+        ];
+        for (error, reason) in cases {
+            assert_eq!(error.reason(), reason, "{error}");
+        }
+        let garbage = decoder.decode(None, b"\xff\xff\xff").expect_err("garbage");
+        assert_eq!(garbage.reason(), DeadLetterReason::InvalidEnvelope);
+        let unsupported = decoder
+            .decode(Some("text/plain"), b"{}")
+            .expect_err("content type");
+        assert_eq!(unsupported.reason(), DeadLetterReason::InvalidEnvelope);
+    }
+
+    #[test]
+    fn unknown_binary_payload_fields_follow_the_policy() {
+        let decoder = example_decoder();
+        let json = serde_json::to_vec(&created_v2_json()).expect("json");
+        let envelope = decoder
+            .decode(Some("application/json"), &json)
+            .expect("valid");
+        let mut payload = envelope.payload.encode_to_vec();
+        payload.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint 1
+        let mut wire = envelope.to_wire(payload);
+        wire.schema_version = 2;
+        let bytes = wire.encode_to_vec();
+        let error = decoder
+            .decode(None, &bytes)
+            .expect_err("unknown field rejected");
+        assert!(matches!(error, DecodeError::UnknownField { .. }), "{error}");
+        let lenient = Decoder::new(decoder.registry().clone(), UnknownFields::Allow);
+        assert!(lenient.decode(None, &bytes).is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let decoder = example_decoder();
+            let _ = decoder.decode(None, &body);
+            let _ = decoder.decode(Some("application/json"), &body);
+        }
+    }
+}

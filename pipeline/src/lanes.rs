@@ -1,0 +1,266 @@
+//! Per-aggregate order: an aggregate's events start one at a time, in stream
+//! order, also while one of them waits for its retry; other aggregates flow
+//! in parallel, at most `concurrency` events at once.
+//!
+//! Pure bookkeeping, no IO: the pipeline admits deliveries, starts what
+//! [`Lanes::next_ready`] hands out, and reports each [`Completion`].
+//! **Invariant:** at most one event per key is in flight, and a key's events
+//! start in the order their stream sequences were admitted, except that a
+//! redelivery of the event the key waits for goes first.
+//! Memory is bounded by what the server delivers (`max_ack_pending`).
+
+use std::collections::{HashMap, VecDeque};
+
+/// How a finished event leaves its key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Completion {
+    /// Acked, or dead-lettered and terminated: the key moves on.
+    Done,
+    /// Dead-lettered after its retries, with `on_dead_letter: park_key`: the
+    /// key's later events are dead-lettered too.
+    DoneAndPark,
+    /// Nak'd for a later redelivery: the key waits for that sequence.
+    Retrying,
+}
+
+/// What to do with an event that [`Lanes::next_ready`] hands out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatch {
+    Apply,
+    /// Its key is parked: dead-letter it as `parked_after_failure`.
+    Park,
+}
+
+#[derive(Debug)]
+struct KeyState<T> {
+    queue: VecDeque<(u64, T)>,
+    in_flight: Option<u64>,
+    /// The sequence nak'd for redelivery, which must go before the queue.
+    awaiting: Option<u64>,
+    parked: bool,
+}
+
+impl<T> KeyState<T> {
+    fn new() -> Self {
+        Self {
+            queue: VecDeque::new(),
+            in_flight: None,
+            awaiting: None,
+            parked: false,
+        }
+    }
+
+    /// Whether the head of the queue may start now.
+    fn can_start(&self) -> bool {
+        self.in_flight.is_none()
+            && self
+                .queue
+                .front()
+                .is_some_and(|(seq, _)| self.awaiting.is_none_or(|awaited| awaited == *seq))
+    }
+}
+
+/// The scheduler of one consumer.
+#[derive(Debug)]
+pub struct Lanes<T> {
+    concurrency: usize,
+    in_flight: usize,
+    keys: HashMap<String, KeyState<T>>,
+    /// Keys whose head may start, in the order they became ready.
+    ready: VecDeque<String>,
+    /// Events without a key (ordering `none`, or undecodable).
+    unkeyed: VecDeque<T>,
+}
+
+impl<T> Lanes<T> {
+    pub fn new(concurrency: usize) -> Self {
+        Self {
+            concurrency: concurrency.max(1),
+            in_flight: 0,
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            unkeyed: VecDeque::new(),
+        }
+    }
+
+    /// Admits a delivery. A second delivery of a sequence already queued
+    /// replaces it; one of a sequence in flight is returned, to be dropped
+    /// unacked (the running one will settle it).
+    pub fn admit(&mut self, key: Option<&str>, seq: u64, item: T) -> Option<T> {
+        let Some(key) = key else {
+            self.unkeyed.push_back(item);
+            return None;
+        };
+        let state = self
+            .keys
+            .entry(key.to_owned())
+            .or_insert_with(KeyState::new);
+        if state.in_flight == Some(seq) {
+            return Some(item);
+        }
+        if let Some(slot) = state.queue.iter_mut().find(|(queued, _)| *queued == seq) {
+            slot.1 = item;
+            return None;
+        }
+        if state.awaiting == Some(seq) {
+            state.queue.push_front((seq, item));
+        } else {
+            // Keep stream order even if a redelivery overtakes a first delivery.
+            let position = state.queue.partition_point(|(queued, _)| *queued < seq);
+            state.queue.insert(position, (seq, item));
+        }
+        if state.can_start() && !self.ready.iter().any(|ready| ready == key) {
+            self.ready.push_back(key.to_owned());
+        }
+        None
+    }
+
+    /// The next event to start, if a slot is free and one is ready.
+    pub fn next_ready(&mut self) -> Option<(Option<String>, u64, T, Dispatch)> {
+        if self.in_flight >= self.concurrency {
+            return None;
+        }
+        if let Some(item) = self.unkeyed.pop_front() {
+            self.in_flight += 1;
+            return Some((None, 0, item, Dispatch::Apply));
+        }
+        while let Some(key) = self.ready.pop_front() {
+            let Some(state) = self.keys.get_mut(&key) else {
+                continue;
+            };
+            if !state.can_start() {
+                continue;
+            }
+            let Some((seq, item)) = state.queue.pop_front() else {
+                continue;
+            };
+            state.in_flight = Some(seq);
+            state.awaiting = None;
+            self.in_flight += 1;
+            let dispatch = if state.parked {
+                Dispatch::Park
+            } else {
+                Dispatch::Apply
+            };
+            return Some((Some(key), seq, item, dispatch));
+        }
+        None
+    }
+
+    /// Reports that the event `seq` of `key` (as handed out) has finished.
+    pub fn complete(&mut self, key: Option<&str>, seq: u64, completion: Completion) {
+        self.in_flight = self.in_flight.saturating_sub(1);
+        let Some(key) = key else {
+            return;
+        };
+        let Some(state) = self.keys.get_mut(key) else {
+            return;
+        };
+        if state.in_flight == Some(seq) {
+            state.in_flight = None;
+        }
+        match completion {
+            Completion::Done => {}
+            Completion::DoneAndPark => state.parked = true,
+            Completion::Retrying => state.awaiting = Some(seq),
+        }
+        if state.queue.is_empty() && state.in_flight.is_none() && state.awaiting.is_none() {
+            if !state.parked {
+                self.keys.remove(key);
+            }
+        } else if state.can_start() {
+            self.ready.push_back(key.to_owned());
+        }
+    }
+
+    /// Events admitted but not started (they need progress acks while waiting).
+    pub fn waiting(&self) -> impl Iterator<Item = &T> {
+        self.keys
+            .values()
+            .flat_map(|state| state.queue.iter().map(|(_, item)| item))
+            .chain(self.unkeyed.iter())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+
+    /// Whether nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0
+            && self.unkeyed.is_empty()
+            && self.keys.values().all(|s| s.queue.is_empty())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain(lanes: &mut Lanes<u64>) -> Vec<(Option<String>, u64)> {
+        std::iter::from_fn(|| lanes.next_ready().map(|(key, _, item, _)| (key, item))).collect()
+    }
+
+    #[test]
+    fn one_event_per_key_in_flight_other_keys_flow() {
+        let mut lanes = Lanes::new(8);
+        lanes.admit(Some("a"), 1, 1);
+        lanes.admit(Some("a"), 2, 2);
+        lanes.admit(Some("b"), 3, 3);
+        let started = drain(&mut lanes);
+        assert_eq!(started, [(Some("a".into()), 1), (Some("b".into()), 3)]);
+        lanes.complete(Some("a"), 1, Completion::Done);
+        assert_eq!(drain(&mut lanes), [(Some("a".into()), 2)]);
+    }
+
+    #[test]
+    fn a_retrying_key_waits_for_its_redelivery() {
+        let mut lanes = Lanes::new(8);
+        lanes.admit(Some("a"), 1, 1);
+        assert_eq!(drain(&mut lanes).len(), 1);
+        lanes.admit(Some("a"), 2, 2);
+        lanes.admit(Some("b"), 5, 5);
+        lanes.complete(Some("a"), 1, Completion::Retrying);
+        // `a`'s later event waits; `b` flows.
+        assert_eq!(drain(&mut lanes), [(Some("b".into()), 5)]);
+        lanes.admit(Some("a"), 1, 10); // the redelivery
+        assert_eq!(drain(&mut lanes), [(Some("a".into()), 10)]);
+        lanes.complete(Some("a"), 1, Completion::Done);
+        assert_eq!(drain(&mut lanes), [(Some("a".into()), 2)]);
+    }
+
+    #[test]
+    fn concurrency_bounds_in_flight_and_parking_marks_later_events() {
+        let mut lanes = Lanes::new(2);
+        for seq in 1..=4 {
+            lanes.admit(Some(&format!("k{seq}")), seq, seq);
+        }
+        assert_eq!(drain(&mut lanes).len(), 2);
+        lanes.complete(Some("k1"), 1, Completion::DoneAndPark);
+        lanes.admit(Some("k1"), 9, 9);
+        let next: Vec<_> =
+            std::iter::from_fn(|| lanes.next_ready().map(|(_, _, i, d)| (i, d))).collect();
+        assert_eq!(next, [(3, Dispatch::Apply)]);
+        lanes.complete(Some("k2"), 2, Completion::Done);
+        let next: Vec<_> =
+            std::iter::from_fn(|| lanes.next_ready().map(|(_, _, i, d)| (i, d))).collect();
+        assert_eq!(next, [(4, Dispatch::Apply)]);
+        lanes.complete(Some("k3"), 3, Completion::Done);
+        let next: Vec<_> =
+            std::iter::from_fn(|| lanes.next_ready().map(|(_, _, i, d)| (i, d))).collect();
+        assert_eq!(next, [(9, Dispatch::Park)]);
+    }
+
+    #[test]
+    fn duplicates_replace_queued_and_are_returned_when_in_flight() {
+        let mut lanes = Lanes::new(1);
+        lanes.admit(Some("a"), 1, 1);
+        assert_eq!(drain(&mut lanes).len(), 1);
+        assert_eq!(lanes.admit(Some("a"), 1, 100), Some(100));
+        lanes.admit(Some("a"), 2, 2);
+        lanes.admit(Some("a"), 2, 20);
+        lanes.complete(Some("a"), 1, Completion::Done);
+        assert_eq!(drain(&mut lanes), [(Some("a".into()), 20)]);
+        assert_eq!(lanes.waiting().count(), 0);
+    }
+}

@@ -1,0 +1,219 @@
+//! Jetline: projections from NATS JetStream event streams, driven by a YAML file.
+//!
+//! Code map, in the order an event travels:
+//! - `config`: the YAML file -> a checked [`Config`] (every error with its key path).
+//! - `schema`: the `.proto` directory -> [`schema::SchemaRegistry`].
+//! - `source`: one durable pull consumer per (source, sink) -> [`source::Delivery`].
+//! - `envelope`: delivery bytes -> validated [`envelope::Envelope`].
+//! - `route`: which sinks want an event.
+//! - `lanes`: per-aggregate order, aggregates in parallel.
+//! - `sink`: the [`sink::Sink`] trait and one module per kind.
+//! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
+//! - `dead_letter`: dead-letter reasons, headers and publishing.
+//! - `pipeline`: one consumer's loop, tying the above together.
+//! - `telemetry`: metric names, `/metrics`, `/healthz`, `/readyz`.
+//! - `cli`: the operator commands.
+//!
+//! [`run`] starts it all and returns after `shutdown` once in-flight events settled.
+
+pub mod cli;
+pub mod config;
+pub mod dead_letter;
+pub mod envelope;
+pub mod lanes;
+pub mod nats;
+pub mod outcome;
+pub mod pipeline;
+pub mod route;
+pub mod schema;
+pub mod sink;
+pub mod source;
+pub mod telemetry;
+pub mod template;
+
+use std::sync::Arc;
+
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+
+use crate::{
+    config::{ConfigErrors, SinkKind},
+    dead_letter::{DeadLetterError, DeadLetters},
+    envelope::Decoder,
+    pipeline::Pipeline,
+    route::Router,
+    schema::{SchemaError, SchemaRegistry},
+    sink::{Sink, SinkError, jetstream::JetStreamSink},
+    source::SourceError,
+    telemetry::Readiness,
+};
+
+/// Why Jetline stopped or could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    #[error("cannot connect to NATS: {0}")]
+    Connect(String),
+    #[error(transparent)]
+    DeadLetter(#[from] DeadLetterError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("sink {sink}: {source}")]
+    Sink {
+        sink: String,
+        #[source]
+        source: SinkError,
+    },
+    #[error("metrics endpoint: {0}")]
+    Metrics(String),
+}
+
+impl RunError {
+    /// 2 for configuration problems (the file or the schemas), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) | RunError::Schema(_) => 2,
+            RunError::Connect(_)
+            | RunError::DeadLetter(_)
+            | RunError::Source(_)
+            | RunError::Sink { .. }
+            | RunError::Metrics(_) => 1,
+        }
+    }
+}
+
+/// A configuration checked against its schemas: what `check` reports on and
+/// `run` starts from. No IO beyond reading the schema files.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub config: Config,
+    pub decoder: Arc<Decoder>,
+}
+
+/// Compiles the schemas and checks the configuration against them.
+pub fn prepare(config: Config) -> Result<Prepared, RunError> {
+    let registry = SchemaRegistry::load(&config.schemas)?;
+    let errors = route::check_against_schemas(&config, &registry);
+    if !errors.is_empty() {
+        return Err(RunError::Config(ConfigErrors(errors)));
+    }
+    let decoder = Decoder::new(registry, config.schemas.unknown_fields);
+    Ok(Prepared {
+        config,
+        decoder: Arc::new(decoder),
+    })
+}
+
+/// Runs every consumer of `config` until `shutdown` is cancelled, then lets
+/// in-flight events settle and returns.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    let prepared = prepare(config)?;
+    let config = &prepared.config;
+    let readiness = Arc::new(Readiness::default());
+    readiness.expect_consumers(config.pipelines.len());
+    let handle = telemetry::install_recorder().map_err(RunError::Metrics)?;
+    let address = telemetry::serve(
+        config.metrics.listen,
+        handle,
+        Arc::clone(&readiness),
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|err| {
+        RunError::Metrics(format!("cannot listen on {}: {err}", config.metrics.listen))
+    })?;
+    tracing::info!(address = %address, "Metrics endpoint listening");
+
+    let client = nats::connect(&config.nats, Arc::clone(&readiness)).await?;
+    let jetstream = async_nats::jetstream::new(client.clone());
+    let dead_letters = DeadLetters::new(
+        jetstream.clone(),
+        &config.dead_letter.stream,
+        &config.dead_letter.subject_prefix,
+    );
+    dead_letters.ensure_stream().await?;
+
+    let mut consumers = JoinSet::new();
+    for (sink_name, sink) in &config.sinks {
+        let spawn = SpawnContext {
+            prepared: &prepared,
+            jetstream: &jetstream,
+            dead_letters: &dead_letters,
+            readiness: &readiness,
+            shutdown: &shutdown,
+        };
+        match &sink.kind {
+            SinkKind::JetStream(settings) => {
+                let built = JetStreamSink::new(jetstream.clone(), settings).map_err(|source| {
+                    RunError::Sink {
+                        sink: sink_name.clone(),
+                        source,
+                    }
+                })?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+        }
+    }
+    tracing::info!(consumers = config.pipelines.len(), "Jetline running");
+
+    let mut first_error = None;
+    while let Some(joined) = consumers.join_next().await {
+        match joined {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => {
+                tracing::error!(error = %error, "Consumer failed");
+                // One consumer that cannot start stops the process: better a
+                // clear exit than a projection silently not running.
+                shutdown.cancel();
+                first_error.get_or_insert(error);
+            }
+            Err(join_error) => tracing::error!(error = %join_error, "Consumer task panicked"),
+        }
+    }
+    // Pending acks and nak's are flushed before the connection goes.
+    let _ = client.flush().await;
+    match first_error {
+        Some(error) => Err(error.into()),
+        None => Ok(()),
+    }
+}
+
+struct SpawnContext<'a> {
+    prepared: &'a Prepared,
+    jetstream: &'a async_nats::jetstream::Context,
+    dead_letters: &'a DeadLetters,
+    readiness: &'a Arc<Readiness>,
+    shutdown: &'a CancellationToken,
+}
+
+impl SpawnContext<'_> {
+    /// Spawns one consumer loop per source that routes feed into `sink_name`.
+    fn consumers_of<S: Sink>(
+        &self,
+        sink_name: &str,
+        sink: Arc<S>,
+        consumers: &mut JoinSet<Result<(), SourceError>>,
+    ) {
+        let config = &self.prepared.config;
+        for spec in config.pipelines.iter().filter(|p| p.sink == sink_name) {
+            let pipeline = Arc::new(Pipeline {
+                spec: spec.clone(),
+                settings: config.sinks[sink_name].consumer.clone(),
+                router: Router::new(spec.routes.iter().map(|&index| &config.routes[index])),
+                decoder: Arc::clone(&self.prepared.decoder),
+                sink: Arc::clone(&sink),
+                dead_letters: self.dead_letters.clone(),
+            });
+            consumers.spawn(pipeline.run(
+                self.jetstream.clone(),
+                Arc::clone(self.readiness),
+                self.shutdown.clone(),
+            ));
+        }
+    }
+}

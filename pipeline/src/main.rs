@@ -1,0 +1,73 @@
+//! The `jetline` binary: parses the command line, sets up logging, loads the
+//! configuration and hands over to the library. Exit codes: 0 success,
+//! 1 runtime failure, 2 configuration error.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use jetline::cli::{self, Cli, Command, LogFormat};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    let result = match cli.command {
+        Command::Check(args) => check(&args.config),
+        Command::Run(args) => run(&args.config),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("error: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl From<jetline::RunError> for Failure {
+    fn from(error: jetline::RunError) -> Self {
+        Self {
+            code: u8::try_from(error.exit_code()).unwrap_or(1),
+            message: error.to_string(),
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<jetline::Config, Failure> {
+    jetline::config::load(path).map_err(|errors| Failure {
+        code: 2,
+        message: format!("invalid configuration {}:\n{errors}", path.display()),
+    })
+}
+
+fn check(path: &std::path::Path) -> Result<(), Failure> {
+    let prepared = jetline::prepare(load(path)?)?;
+    print!("{}", cli::check::summary(&prepared));
+    Ok(())
+}
+
+fn run(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let runtime = tokio::runtime::Runtime::new().map_err(|err| Failure {
+        code: 1,
+        message: format!("cannot start the runtime: {err}"),
+    })?;
+    runtime.block_on(cli::run::run(config))?;
+    Ok(())
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("JETLINE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

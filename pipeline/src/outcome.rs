@@ -1,0 +1,236 @@
+//! [`Outcome`] -> ack, nak with delay, or dead-letter then term: the only
+//! module that acks.
+//!
+//! **Invariant:** a source message is acked only after its sink confirmed the
+//! write, and terminated only after its dead letter was stored. When storing
+//! the dead letter fails, the message is nak'd and comes back.
+
+use std::time::Duration;
+
+use async_nats::jetstream::AckKind;
+use rand::Rng;
+
+use crate::{
+    config::RetryPolicy,
+    dead_letter::{DeadLetter, DeadLetterReason, DeadLetters},
+    lanes::Completion,
+    sink::{Applied, ErrorClass, SinkError},
+    source::Delivery,
+    telemetry,
+};
+
+/// What happens to one delivery.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    Applied,
+    Skipped,
+    /// Redeliver after `after` (a transient failure, attempts left).
+    Retry {
+        after: Duration,
+    },
+    DeadLetter {
+        reason: DeadLetterReason,
+        error: String,
+    },
+}
+
+impl Outcome {
+    /// The label of `jetline_events_total{outcome}`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Skipped => "skipped",
+            Outcome::Retry { .. } => "retried",
+            Outcome::DeadLetter { .. } => "dead_lettered",
+        }
+    }
+}
+
+/// Turns a sink's answer into an outcome, given the attempt number (the
+/// server's delivery count) and the sink's retry policy. `max_delay` caps the
+/// backoff so a retried event comes back before the `ack_wait` of the events
+/// waiting behind it.
+pub fn decide(
+    result: &Result<Applied, SinkError>,
+    attempt: u32,
+    retry: &RetryPolicy,
+    max_delay: Duration,
+) -> Outcome {
+    match result {
+        Ok(Applied::Written) => Outcome::Applied,
+        Ok(Applied::Skipped) => Outcome::Skipped,
+        Err(error) => match error.class() {
+            ErrorClass::Permanent => Outcome::DeadLetter {
+                reason: DeadLetterReason::SinkRejected,
+                error: error.to_string(),
+            },
+            ErrorClass::Transient if attempt >= retry.max_attempts => Outcome::DeadLetter {
+                reason: DeadLetterReason::MaxAttempts,
+                error: error.to_string(),
+            },
+            ErrorClass::Transient => Outcome::Retry {
+                after: jittered(retry.delay_after(attempt), retry.jitter).min(max_delay),
+            },
+        },
+    }
+}
+
+fn jittered(delay: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 || delay.is_zero() {
+        return delay;
+    }
+    let factor = 1.0 + rand::rng().random_range(-jitter..=jitter);
+    delay.mul_f64(factor.max(0.0))
+}
+
+/// Where a settled delivery belongs, for the dead-letter entry and metrics.
+pub struct Settler<'a> {
+    pub sink: &'a str,
+    pub dead_letters: &'a DeadLetters,
+}
+
+impl Settler<'_> {
+    /// Carries out `outcome` on the source message.
+    pub async fn settle(&self, delivery: &Delivery, outcome: &Outcome) -> Completion {
+        let result = match outcome {
+            Outcome::Applied | Outcome::Skipped => delivery.acknowledge(AckKind::Ack).await,
+            Outcome::Retry { after } => {
+                tracing::debug!(
+                    sink = self.sink,
+                    stream_seq = delivery.stream_seq,
+                    attempt = delivery.attempt,
+                    delay = ?after,
+                    "Event will be retried"
+                );
+                let nak = delivery.acknowledge(AckKind::Nak(Some(*after))).await;
+                log_ack_failure(self.sink, delivery, nak);
+                return Completion::Retrying;
+            }
+            Outcome::DeadLetter { reason, error } => {
+                let letter = DeadLetter {
+                    sink: self.sink,
+                    reason: *reason,
+                    error,
+                    source_stream: &delivery.stream,
+                    source_subject: &delivery.subject,
+                    source_seq: delivery.stream_seq,
+                    attempts: delivery.attempt,
+                    headers: delivery.headers.as_ref(),
+                    body: delivery.body.clone(),
+                };
+                if let Err(store_error) = self.dead_letters.publish(&letter).await {
+                    tracing::error!(
+                        sink = self.sink,
+                        stream_seq = delivery.stream_seq,
+                        error = %store_error,
+                        "Dead letter could not be stored; the event will come back"
+                    );
+                    let nak = delivery
+                        .acknowledge(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .await;
+                    log_ack_failure(self.sink, delivery, nak);
+                    return Completion::Retrying;
+                }
+                tracing::warn!(
+                    sink = self.sink,
+                    stream_seq = delivery.stream_seq,
+                    subject = %delivery.subject,
+                    reason = reason.as_str(),
+                    error = %error,
+                    "Event dead-lettered"
+                );
+                telemetry::dead_lettered(self.sink, *reason);
+                delivery.acknowledge(AckKind::Term).await
+            }
+        };
+        log_ack_failure(self.sink, delivery, result);
+        Completion::Done
+    }
+}
+
+/// Extends the ack deadline of a delivery still being worked on or waiting.
+pub async fn progress(delivery: &Delivery) {
+    // A lost progress ack only risks a redelivery, which the lanes absorb.
+    let _ = delivery.acknowledge(AckKind::Progress).await;
+}
+
+/// Nak without delay: hand the delivery back at shutdown.
+pub async fn release(delivery: &Delivery) {
+    let _ = delivery.acknowledge(AckKind::Nak(None)).await;
+}
+
+fn log_ack_failure(
+    sink: &str,
+    delivery: &Delivery,
+    result: Result<(), crate::source::SourceError>,
+) {
+    // The server redelivers after ack_wait; sinks are idempotent.
+    if let Err(error) = result {
+        tracing::warn!(sink, stream_seq = delivery.stream_seq, error = %error, "Ack not sent");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff: vec![Duration::from_millis(100), Duration::from_secs(1)],
+            jitter: 0.0,
+        }
+    }
+
+    #[test]
+    fn classification_and_attempts_decide() {
+        let cap = Duration::from_secs(60);
+        let transient = Err(SinkError::Connection("gone".into()));
+        let permanent = Err(SinkError::TooLarge {
+            subject: "s".into(),
+            message: "big".into(),
+        });
+        assert_eq!(
+            decide(&Ok(Applied::Written), 1, &policy(), cap),
+            Outcome::Applied
+        );
+        assert_eq!(
+            decide(&Ok(Applied::Skipped), 1, &policy(), cap),
+            Outcome::Skipped
+        );
+        assert_eq!(
+            decide(&transient, 1, &policy(), cap),
+            Outcome::Retry {
+                after: Duration::from_millis(100)
+            }
+        );
+        assert_eq!(
+            decide(&transient, 2, &policy(), Duration::from_millis(500)),
+            Outcome::Retry {
+                after: Duration::from_millis(500)
+            }
+        );
+        assert!(matches!(
+            decide(&transient, 3, &policy(), cap),
+            Outcome::DeadLetter {
+                reason: DeadLetterReason::MaxAttempts,
+                ..
+            }
+        ));
+        assert!(matches!(
+            decide(&permanent, 1, &policy(), cap),
+            Outcome::DeadLetter {
+                reason: DeadLetterReason::SinkRejected,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn jitter_stays_within_its_spread() {
+        for _ in 0..100 {
+            let delay = jittered(Duration::from_secs(1), 0.2);
+            assert!(delay >= Duration::from_millis(800) && delay <= Duration::from_millis(1200));
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! JetStream sink: publishes each event to a subject rendered from the sink's
+//! template, with `Nats-Msg-Id` = event id so the stream stores a redelivered
+//! event once, and waits for the stream's ack.
+//!
+//! Many events are in flight at once (one per lane): publishes pipeline on the
+//! connection, each lane awaiting only its own ack.
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{self, context::PublishErrorKind},
+};
+
+use super::{Applied, Event, Sink, SinkError};
+use crate::{
+    config::raw::{Format, JetStreamSinkConfig},
+    envelope::Encoding,
+    template::Template,
+};
+
+/// Headers copied from the source message when present (W3C trace context).
+const CARRIED_HEADERS: &[&str] = &["traceparent", "tracestate", "baggage"];
+
+/// Header names written on each published event.
+pub mod header {
+    pub const EVENT_TYPE: &str = "Jetline-Event-Type";
+    pub const SCHEMA_VERSION: &str = "Jetline-Schema-Version";
+    pub const AGGREGATE_TYPE: &str = "Jetline-Aggregate-Type";
+    pub const AGGREGATE_ID: &str = "Jetline-Aggregate-Id";
+    pub const CORRELATION_ID: &str = "Jetline-Correlation-Id";
+    pub const CAUSATION_ID: &str = "Jetline-Causation-Id";
+    pub const SOURCE_STREAM: &str = "Jetline-Source-Stream";
+    pub const SOURCE_SEQ: &str = "Jetline-Source-Seq";
+}
+
+pub struct JetStreamSink {
+    jetstream: jetstream::Context,
+    subject: Template,
+    encoding: Encoding,
+}
+
+impl JetStreamSink {
+    pub fn new(
+        jetstream: jetstream::Context,
+        config: &JetStreamSinkConfig,
+    ) -> Result<Self, SinkError> {
+        let subject =
+            Template::parse_subject(&config.subject).map_err(|source| SinkError::Render {
+                what: "subject",
+                source,
+            })?;
+        let encoding = match config.format {
+            Format::Protobuf => Encoding::Protobuf,
+            Format::Json => Encoding::Json,
+        };
+        Ok(Self {
+            jetstream,
+            subject,
+            encoding,
+        })
+    }
+
+    fn headers(&self, event: &Event) -> HeaderMap {
+        let envelope = &event.envelope;
+        let mut headers = HeaderMap::new();
+        headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
+        headers.insert("Content-Type", self.encoding.content_type());
+        headers.insert(header::EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(
+            header::SCHEMA_VERSION,
+            envelope.schema_version.to_string().as_str(),
+        );
+        headers.insert(header::AGGREGATE_ID, envelope.aggregate_id.as_str());
+        for (name, value) in [
+            (header::AGGREGATE_TYPE, &envelope.aggregate_type),
+            (header::CORRELATION_ID, &envelope.correlation_id),
+            (header::CAUSATION_ID, &envelope.causation_id),
+        ] {
+            if !value.is_empty() {
+                headers.insert(name, value.as_str());
+            }
+        }
+        headers.insert(header::SOURCE_STREAM, event.delivery.stream.as_ref());
+        headers.insert(
+            header::SOURCE_SEQ,
+            event.delivery.stream_seq.to_string().as_str(),
+        );
+        if let Some(source) = &event.delivery.headers {
+            for name in CARRIED_HEADERS {
+                if let Some(value) = source.get(*name) {
+                    headers.insert(*name, value.as_str());
+                }
+            }
+        }
+        headers
+    }
+}
+
+impl Sink for JetStreamSink {
+    async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
+        let subject = self
+            .subject
+            .render_subject(&event.envelope, &event.delivery.subject)
+            .map_err(|source| SinkError::Render {
+                what: "subject",
+                source,
+            })?;
+        let body = event.envelope.encode(self.encoding);
+        let publish_error = |kind: PublishErrorKind, message: String| match kind {
+            PublishErrorKind::StreamNotFound => SinkError::NoStream {
+                subject: subject.clone(),
+            },
+            PublishErrorKind::TimedOut => SinkError::Timeout(format!("publish ack for {subject}")),
+            PublishErrorKind::BrokenPipe => SinkError::Connection(message),
+            PublishErrorKind::MaxPayloadExceeded => SinkError::TooLarge {
+                subject: subject.clone(),
+                message,
+            },
+            PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::WrongLastSequence
+            | PublishErrorKind::MaxAckPending
+            | PublishErrorKind::Other => SinkError::Publish {
+                subject: subject.clone(),
+                message,
+            },
+        };
+        let ack = self
+            .jetstream
+            .publish_with_headers(subject.clone(), self.headers(event), body.into())
+            .await
+            .map_err(|err| publish_error(err.kind(), err.to_string()))?;
+        ack.await
+            .map_err(|err| publish_error(err.kind(), err.to_string()))?;
+        Ok(Applied::Written)
+    }
+}

@@ -1,0 +1,173 @@
+//! One durable pull consumer per (source, sink): created or updated at
+//! start-up, read in batches; each message becomes a [`Delivery`] that carries
+//! its ack handle, stream sequence, delivery count and publish time.
+//!
+//! Only `outcome.rs` acks: the ack methods here are crate-private for it.
+
+use std::{sync::Arc, time::Duration};
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self, AckKind,
+        consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+        message::Acker,
+    },
+};
+use bytes::Bytes;
+use time::OffsetDateTime;
+
+use crate::config::{ConsumerSettings, PipelineSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("stream {stream} not found: {message}")]
+    StreamMissing { stream: String, message: String },
+    #[error("cannot create or update consumer {consumer} on {stream}: {message}")]
+    Consumer {
+        stream: String,
+        consumer: String,
+        message: String,
+    },
+    #[error("cannot read from consumer {consumer}: {message}")]
+    Messages { consumer: String, message: String },
+    #[error("message without JetStream metadata: {0}")]
+    Metadata(String),
+    #[error("ack failed: {0}")]
+    Ack(String),
+}
+
+/// A message as received, with everything needed to settle it later.
+pub struct Delivery {
+    pub stream: Arc<str>,
+    pub subject: String,
+    pub headers: Option<HeaderMap>,
+    pub body: Bytes,
+    pub stream_seq: u64,
+    /// The delivery count kept by the server: the attempt number, which
+    /// survives a restart of Jetline.
+    pub attempt: u32,
+    pub published: OffsetDateTime,
+    acker: Acker,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("stream", &self.stream)
+            .field("subject", &self.subject)
+            .field("stream_seq", &self.stream_seq)
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Delivery {
+    pub fn from_message(
+        stream: &Arc<str>,
+        message: jetstream::Message,
+    ) -> Result<Self, SourceError> {
+        let info = message
+            .info()
+            .map_err(|err| SourceError::Metadata(err.to_string()))?;
+        let (stream_seq, attempt, published) = (
+            info.stream_sequence,
+            u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
+            info.published,
+        );
+        let (message, acker) = message.split();
+        Ok(Self {
+            stream: Arc::clone(stream),
+            subject: message.subject.to_string(),
+            headers: message.headers,
+            body: message.payload,
+            stream_seq,
+            attempt,
+            published,
+            acker,
+        })
+    }
+
+    /// The `Content-Type` header, when present.
+    pub fn content_type(&self) -> Option<&str> {
+        self.headers
+            .as_ref()?
+            .get("Content-Type")
+            .map(|value| value.as_str())
+    }
+
+    pub(crate) async fn acknowledge(&self, kind: AckKind) -> Result<(), SourceError> {
+        self.acker
+            .ack_with(kind)
+            .await
+            .map_err(|err| SourceError::Ack(err.to_string()))
+    }
+}
+
+/// Creates the durable consumer, or updates it when the config changed in a
+/// way JetStream allows (otherwise the server's refusal is the error).
+pub async fn bind(
+    jetstream: &jetstream::Context,
+    spec: &PipelineSpec,
+    settings: &ConsumerSettings,
+) -> Result<PullConsumer, SourceError> {
+    let stream =
+        jetstream
+            .get_stream(&spec.stream)
+            .await
+            .map_err(|err| SourceError::StreamMissing {
+                stream: spec.stream.clone(),
+                message: err.to_string(),
+            })?;
+    let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
+        [one] => (one.clone(), Vec::new()),
+        many => (String::new(), many.to_vec()),
+    };
+    let config = pull::Config {
+        durable_name: Some(spec.durable_name.clone()),
+        description: Some(format!(
+            "jetline: source {} to sink {}",
+            spec.source, spec.sink
+        )),
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: settings.effective_ack_wait(),
+        max_ack_pending: settings.max_ack_pending,
+        // Jetline dead-letters at `retry.max_attempts` itself; a server-side
+        // limit would drop events silently instead.
+        max_deliver: -1,
+        filter_subject,
+        filter_subjects,
+        ..Default::default()
+    };
+    stream
+        .create_consumer(config)
+        .await
+        .map_err(|err| SourceError::Consumer {
+            stream: spec.stream.clone(),
+            consumer: spec.durable_name.clone(),
+            message: err.to_string(),
+        })
+}
+
+/// The consumer's messages, pulled in batches with heartbeats.
+pub async fn messages(
+    consumer: &PullConsumer,
+    settings: &ConsumerSettings,
+    name: &str,
+) -> Result<pull::Stream, SourceError> {
+    let batch = usize::try_from(settings.max_ack_pending)
+        .unwrap_or(usize::MAX)
+        .clamp(1, 500);
+    consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|err| SourceError::Messages {
+            consumer: name.to_owned(),
+            message: err.to_string(),
+        })
+}

@@ -1,0 +1,198 @@
+//! Every metric name in one place, the helpers that record them, and the HTTP
+//! endpoints: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! Labels are bounded (source, sink, event_type, reason, outcome): never a
+//! subject, key or event id.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::dead_letter::DeadLetterReason;
+
+pub const EVENTS_TOTAL: &str = "jetline_events_total";
+pub const DEAD_LETTERS_TOTAL: &str = "jetline_dead_letters_total";
+pub const VALIDATION_FAILURES_TOTAL: &str = "jetline_validation_failures_total";
+pub const UPCASTS_TOTAL: &str = "jetline_upcasts_total";
+pub const SINK_DURATION_SECONDS: &str = "jetline_sink_duration_seconds";
+pub const END_TO_END_SECONDS: &str = "jetline_end_to_end_seconds";
+pub const CONSUMER_PENDING_MESSAGES: &str = "jetline_consumer_pending_messages";
+pub const CONSUMER_ACK_PENDING_MESSAGES: &str = "jetline_consumer_ack_pending_messages";
+pub const CONSUMER_REDELIVERED_MESSAGES: &str = "jetline_consumer_redelivered_messages";
+pub const CONSUMER_LAG_SECONDS: &str = "jetline_consumer_lag_seconds";
+pub const NATS_CONNECTED: &str = "jetline_nats_connected";
+pub const BUILD_INFO: &str = "jetline_build_info";
+
+/// Histogram buckets from 0.1 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+pub fn event(source: &str, sink: &str, event_type: &str, outcome: &'static str) {
+    counter!(EVENTS_TOTAL, "source" => source.to_owned(), "sink" => sink.to_owned(),
+        "event_type" => event_type.to_owned(), "outcome" => outcome)
+    .increment(1);
+}
+
+pub fn dead_lettered(sink: &str, reason: DeadLetterReason) {
+    counter!(DEAD_LETTERS_TOTAL, "sink" => sink.to_owned(), "reason" => reason.as_str())
+        .increment(1);
+}
+
+pub fn validation_failure(source: &str, reason: DeadLetterReason) {
+    counter!(VALIDATION_FAILURES_TOTAL, "source" => source.to_owned(), "reason" => reason.as_str())
+        .increment(1);
+}
+
+pub fn upcast(event_type: &str, from_version: u32, to_version: u32) {
+    counter!(UPCASTS_TOTAL, "event_type" => event_type.to_owned(),
+        "from_version" => from_version.to_string(), "to_version" => to_version.to_string())
+    .increment(1);
+}
+
+pub fn sink_duration(sink: &str, elapsed: Duration) {
+    histogram!(SINK_DURATION_SECONDS, "sink" => sink.to_owned()).record(elapsed.as_secs_f64());
+}
+
+pub fn end_to_end(sink: &str, seconds: f64) {
+    histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()).record(seconds.max(0.0));
+}
+
+pub fn nats_connected(connected: bool) {
+    gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
+}
+
+/// The lag figures of one consumer, as read from the server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConsumerLag {
+    pub pending: u64,
+    pub ack_pending: u64,
+    pub redelivered: u64,
+    pub lag_seconds: f64,
+}
+
+pub fn consumer_lag(source: &str, sink: &str, consumer: &str, lag: ConsumerLag) {
+    let labels = [
+        ("source", source.to_owned()),
+        ("sink", sink.to_owned()),
+        ("consumer", consumer.to_owned()),
+    ];
+    gauge!(CONSUMER_PENDING_MESSAGES, &labels).set(lag.pending as f64);
+    gauge!(CONSUMER_ACK_PENDING_MESSAGES, &labels).set(lag.ack_pending as f64);
+    gauge!(CONSUMER_REDELIVERED_MESSAGES, &labels).set(lag.redelivered as f64);
+    gauge!(CONSUMER_LAG_SECONDS, &labels).set(lag.lag_seconds);
+}
+
+/// What `/readyz` reports: connected to NATS and every consumer bound.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    connected: AtomicBool,
+    bound: AtomicUsize,
+    expected: AtomicUsize,
+}
+
+impl Readiness {
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.store(connected, Ordering::Relaxed);
+        nats_connected(connected);
+    }
+
+    pub fn expect_consumers(&self, count: usize) {
+        self.expected.store(count, Ordering::Relaxed);
+    }
+
+    pub fn consumer_bound(&self) {
+        self.bound.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `Ok` when ready, else the reason.
+    pub fn check(&self) -> Result<(), String> {
+        if !self.connected.load(Ordering::Relaxed) {
+            return Err("not connected to NATS".into());
+        }
+        let (bound, expected) = (
+            self.bound.load(Ordering::Relaxed),
+            self.expected.load(Ordering::Relaxed),
+        );
+        if bound < expected {
+            return Err(format!("{bound} of {expected} consumers bound"));
+        }
+        Ok(())
+    }
+}
+
+/// Installs the Prometheus recorder (once per process) and returns its handle.
+pub fn install_recorder() -> Result<PrometheusHandle, String> {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    if let Some(handle) = HANDLE.get() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .map_err(|err| err.to_string())?
+        .install_recorder()
+        .map_err(|err| err.to_string())?;
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    Ok(HANDLE.get_or_init(|| handle).clone())
+}
+
+#[derive(Clone)]
+struct Endpoints {
+    handle: PrometheusHandle,
+    readiness: Arc<Readiness>,
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
+pub async fn serve(
+    listen: SocketAddr,
+    handle: PrometheusHandle,
+    readiness: Arc<Readiness>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    let address = listener.local_addr()?;
+    let app = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .with_state(Endpoints { handle, readiness });
+    tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { shutdown.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(error = %error, "Metrics endpoint stopped");
+        }
+    });
+    Ok(address)
+}
+
+async fn metrics_page(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        endpoints.handle.render(),
+    )
+}
+
+async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
+    match endpoints.readiness.check() {
+        Ok(()) => (
+            StatusCode::OK,
+            axum::Json(serde_json::json!({ "ready": true })),
+        ),
+        Err(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
+        ),
+    }
+}
