@@ -1,1 +1,7 @@
+//! End-to-end tests against a real nats-server (one per test, on an ephemeral
+//! port with a temporary store). One test binary; shared harness in `support`.
 
+mod support;
+
+mod check;
+mod core;

@@ -1,0 +1,88 @@
+//! `jetline check`: exit 0 and a summary on a good file, exit 2 and the key
+//! path on each kind of bad one. Also loads every file shipped in `config/`.
+
+use std::{io::Write, process::Command};
+
+use crate::support::*;
+
+fn check(yaml: &str) -> (i32, String, String) {
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(yaml.as_bytes()).expect("written");
+    let output = Command::new(jetline_bin())
+        .args(["check", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("jetline check runs");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+const GOOD_BODY: &str = "
+sources:
+  orders: { stream: ORDERS, subjects: ['orders.>'] }
+sinks:
+  out: { type: jetstream, subject: 'projections.{aggregate_id}' }
+routes:
+  - { name: all, from: orders, match: { event_types: [orders.OrderCreated] }, to: [out] }
+";
+
+#[test]
+fn a_good_configuration_passes_with_a_summary() {
+    let (code, stdout, stderr) = check(&config_yaml("nats://127.0.0.1:1", GOOD_BODY));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("jetline-orders-out"), "{stdout}");
+    assert!(stdout.contains("orders.OrderCreated: versions [1, 2, 3]"), "{stdout}");
+}
+
+#[test]
+fn every_kind_of_bad_configuration_exits_2_naming_the_key() {
+    let cases = [
+        ("unknown key", GOOD_BODY.replace("subject: 'projections", "subjekt: 'projections"), "sinks.out.subjekt"),
+        ("missing source", GOOD_BODY.replace("from: orders", "from: nowhere"), "routes[0].from"),
+        ("missing sink", GOOD_BODY.replace("to: [out]", "to: [elsewhere]"), "routes[0].to[0]"),
+        ("unknown event type", GOOD_BODY.replace("orders.OrderCreated", "orders.Nope"), "routes[0].match.event_types[0]"),
+        ("bad template", GOOD_BODY.replace("{aggregate_id}", "{aggregate}"), "sinks.out.subject"),
+        ("bad subject", GOOD_BODY.replace("'orders.>'", "'orders.>.x'"), "sources.orders.subjects[0]"),
+        ("bad duration", format!("{GOOD_BODY}consumers: {{ ack_wait: soon }}\n"), "consumers"),
+        ("unknown sink type", GOOD_BODY.replace("type: jetstream", "type: kafka"), "sinks.out.type"),
+    ];
+    for (name, body, key) in cases {
+        let (code, _, stderr) = check(&config_yaml("nats://127.0.0.1:1", &body));
+        assert_eq!(code, 2, "{name}: {stderr}");
+        assert!(stderr.contains(key), "{name}: expected {key} in {stderr}");
+    }
+}
+
+#[test]
+fn a_password_in_the_file_is_refused_without_echoing_it() {
+    let yaml = config_yaml("nats://127.0.0.1:1", GOOD_BODY).replace(
+        "nats: {",
+        "nats: { user: app, password: s3cret-value,",
+    );
+    let (code, _, stderr) = check(&yaml);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("nats.password"), "{stderr}");
+    assert!(!stderr.contains("s3cret-value"));
+}
+
+#[test]
+fn every_shipped_configuration_checks() {
+    let dir = root().join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("config/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|ext| ext == "yaml") {
+            let output = Command::new(jetline_bin())
+                .args(["check", "--config"])
+                .arg(&path)
+                .output()
+                .expect("check runs");
+            assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 1);
+}

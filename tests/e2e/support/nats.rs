@@ -1,0 +1,210 @@
+//! A real nats-server with JetStream on a free loopback port and a temporary
+//! store, stopped on drop; and Jetline running against it.
+
+use std::{
+    net::TcpStream,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use async_nats::jetstream::{self, stream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{free_port, root, schemas_dir};
+
+pub struct NatsServer {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+fn nats_server_bin() -> PathBuf {
+    if let Ok(path) = std::env::var("NATS_SERVER_BIN") {
+        return PathBuf::from(path);
+    }
+    let local = root().join(".tools/venv/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    if let Some(found) = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join("nats-server"))
+            .find(|candidate| candidate.exists())
+    }) {
+        return found;
+    }
+    panic!(
+        "nats-server not found: run scripts/test (it installs nats-server-bin 2.15.1 into .tools/) \
+         or set NATS_SERVER_BIN"
+    );
+}
+
+impl NatsServer {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("a temporary store directory");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server (keeping its store) and starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("test client connects")
+    }
+
+    pub async fn jetstream(&self) -> jetstream::Context {
+        jetstream::new(self.client().await)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Creates a stream with the given subjects.
+pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+    js.create_stream(stream::Config {
+        name: name.to_owned(),
+        subjects: subjects.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    })
+    .await
+    .expect("stream created")
+}
+
+/// The YAML of a configuration against `url`, with the example schemas and a
+/// metrics endpoint on an ephemeral port. `body` holds sources, sinks, routes
+/// and anything else.
+pub fn config_yaml(url: &str, body: &str) -> String {
+    format!(
+        "nats: {{ url: \"{url}\" }}\nschemas: {{ dir: \"{}\" }}\nmetrics: {{ listen: \"127.0.0.1:0\", lag_poll_interval: 200ms }}\n{body}",
+        schemas_dir().display()
+    )
+}
+
+/// Jetline running in-process through `jetline::run`.
+pub struct Running {
+    shutdown: CancellationToken,
+    handle: JoinHandle<Result<(), jetline::RunError>>,
+}
+
+impl Running {
+    pub fn start(yaml: &str) -> Self {
+        let config = jetline::config::load_str(yaml).unwrap_or_else(|err| panic!("config: {err}"));
+        let shutdown = CancellationToken::new();
+        let handle = tokio::spawn(jetline::run(config, shutdown.clone()));
+        Self { shutdown, handle }
+    }
+
+    /// Asks for a graceful stop and waits for it.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.handle
+            .await
+            .expect("jetline task joins")
+            .expect("jetline stops cleanly");
+    }
+}
+
+/// The built binary, killed on drop.
+pub struct Process {
+    child: Child,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Process {
+    pub fn start(yaml: &str) -> Self {
+        use std::io::Write;
+        let mut file = tempfile::NamedTempFile::new().expect("config file");
+        file.write_all(yaml.as_bytes()).expect("config written");
+        let child = Command::new(super::jetline_bin())
+            .args(["run", "--config"])
+            .arg(file.path())
+            .env("JETLINE_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("jetline starts");
+        Self {
+            child,
+            _config: file,
+        }
+    }
+
+    /// SIGKILL: no chance to settle anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Every message stored in `stream`, in sequence order.
+pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+    let mut handle = js.get_stream(stream).await.expect("stream exists");
+    let info = handle.info().await.expect("stream info");
+    let (first, last) = (info.state.first_sequence, info.state.last_sequence);
+    let mut out = Vec::new();
+    if info.state.messages == 0 {
+        return out;
+    }
+    for seq in first..=last {
+        if let Ok(message) = handle.get_raw_message(seq).await {
+            out.push(message);
+        }
+    }
+    out
+}
+
+/// Number of messages stored in `stream` (0 when it does not exist).
+pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
+    match js.get_stream(stream).await {
+        Ok(mut handle) => handle.info().await.map(|info| info.state.messages).unwrap_or(0),
+        Err(_) => 0,
+    }
+}
