@@ -261,6 +261,54 @@ impl Decoder {
     }
 }
 
+/// The identifying fields of an envelope, read without any schema: for
+/// listings of entries that may not be valid events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Peek {
+    pub event_id: String,
+    pub event_type: String,
+    pub schema_version: u32,
+    pub aggregate_id: String,
+}
+
+/// Reads what it can of an envelope; `None` when even that fails.
+pub fn peek(content_type: Option<&str>, body: &[u8]) -> Option<Peek> {
+    match Encoding::from_content_type(content_type).ok()? {
+        Encoding::Protobuf => {
+            let wire = wire::Envelope::decode(body).ok()?;
+            Some(Peek {
+                event_id: wire.event_id,
+                event_type: wire.event_type,
+                schema_version: wire.schema_version,
+                aggregate_id: wire.aggregate_id,
+            })
+        }
+        Encoding::Json => {
+            let document: serde_json::Value = serde_json::from_slice(body).ok()?;
+            let text = |camel: &str, snake: &str| {
+                document
+                    .get(camel)
+                    .or_else(|| document.get(snake))
+                    .and_then(|value| value.as_str())
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let version = document
+                .get("schemaVersion")
+                .or_else(|| document.get("schema_version"))
+                .and_then(|value| value.as_u64().or_else(|| value.as_str()?.parse().ok()))
+                .and_then(|value| u32::try_from(value).ok())
+                .unwrap_or_default();
+            Some(Peek {
+                event_id: text("eventId", "event_id"),
+                event_type: text("eventType", "event_type"),
+                schema_version: version,
+                aggregate_id: text("aggregateId", "aggregate_id"),
+            })
+        }
+    }
+}
+
 /// The path of the first field the schema does not know, depth first.
 fn first_unknown_field(message: &DynamicMessage, path: &str) -> Option<String> {
     if let Some(field) = message.unknown_fields().next() {

@@ -39,13 +39,13 @@ use tokio_util::sync::CancellationToken;
 pub use config::Config;
 
 use crate::{
-    config::{ConfigErrors, SinkKind},
+    config::{ConfigError, ConfigErrors, SinkKind},
     dead_letter::{DeadLetterError, DeadLetters},
     envelope::Decoder,
     pipeline::Pipeline,
     route::Router,
     schema::{SchemaError, SchemaRegistry},
-    sink::{Sink, SinkError, jetstream::JetStreamSink},
+    sink::{Sink, SinkError, custom::CustomSinks, jetstream::JetStreamSink},
     source::SourceError,
     telemetry::Readiness,
 };
@@ -71,13 +71,15 @@ pub enum RunError {
     },
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    #[error("{0}")]
+    Usage(String),
 }
 
 impl RunError {
     /// 2 for configuration problems (the file or the schemas), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Config(_) | RunError::Schema(_) => 2,
+            RunError::Config(_) | RunError::Schema(_) | RunError::Usage(_) => 2,
             RunError::Connect(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
@@ -112,7 +114,33 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
 /// Runs every consumer of `config` until `shutdown` is cancelled, then lets
 /// in-flight events settle and returns.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunError> {
+    run_with(config, shutdown, CustomSinks::default()).await
+}
+
+/// As [`run`], with the sinks of `type: custom` supplied by the caller.
+pub async fn run_with(
+    config: Config,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+) -> Result<(), RunError> {
     let prepared = prepare(config)?;
+    let missing: Vec<ConfigError> = prepared
+        .config
+        .sinks
+        .iter()
+        .filter(|(name, sink)| {
+            matches!(sink.kind, SinkKind::Custom) && custom_sinks.get(name).is_none()
+        })
+        .map(|(name, _)| {
+            ConfigError::new(
+                format!("sinks.{name}.type"),
+                "custom sinks exist only in programs that register them; this one does not",
+            )
+        })
+        .collect();
+    if !missing.is_empty() {
+        return Err(RunError::Config(ConfigErrors(missing)));
+    }
     let config = &prepared.config;
     let readiness = Arc::new(Readiness::default());
     readiness.expect_consumers(config.pipelines.len());
@@ -156,6 +184,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                     }
                 })?;
                 spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Custom => {
+                if let Some(custom) = custom_sinks.get(sink_name) {
+                    spawn.consumers_of(sink_name, Arc::new(custom), &mut consumers);
+                }
             }
         }
     }

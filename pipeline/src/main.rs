@@ -9,10 +9,17 @@ use jetline::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // Operator commands print their result; only `run` logs at info.
+    let level = if matches!(cli.command, Command::Run(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    init_tracing(cli.log_format, level);
     let result = match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
+        Command::Dlq { config, command } => dlq(&config.config, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,17 +59,27 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
 
 fn run(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|err| Failure {
-        code: 1,
-        message: format!("cannot start the runtime: {err}"),
-    })?;
-    runtime.block_on(cli::run::run(config))?;
+    runtime()?.block_on(cli::run::run(config))?;
     Ok(())
 }
 
-fn init_tracing(format: LogFormat) {
+fn dlq(path: &std::path::Path, command: cli::dlq::DlqCommand) -> Result<(), Failure> {
+    let config = load(path)?;
+    let output = runtime()?.block_on(cli::dlq::run(config, command))?;
+    print!("{output}");
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|err| Failure {
+        code: 1,
+        message: format!("cannot start the runtime: {err}"),
+    })
+}
+
+fn init_tracing(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("JETLINE_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -47,15 +47,9 @@ impl Outcome {
 }
 
 /// Turns a sink's answer into an outcome, given the attempt number (the
-/// server's delivery count) and the sink's retry policy. `max_delay` caps the
-/// backoff so a retried event comes back before the `ack_wait` of the events
-/// waiting behind it.
-pub fn decide(
-    result: &Result<Applied, SinkError>,
-    attempt: u32,
-    retry: &RetryPolicy,
-    max_delay: Duration,
-) -> Outcome {
+/// server's delivery count, which survives restarts) and the sink's retry
+/// policy.
+pub fn decide(result: &Result<Applied, SinkError>, attempt: u32, retry: &RetryPolicy) -> Outcome {
     match result {
         Ok(Applied::Written) => Outcome::Applied,
         Ok(Applied::Skipped) => Outcome::Skipped,
@@ -69,7 +63,7 @@ pub fn decide(
                 error: error.to_string(),
             },
             ErrorClass::Transient => Outcome::Retry {
-                after: jittered(retry.delay_after(attempt), retry.jitter).min(max_delay),
+                after: jittered(retry.delay_after(attempt), retry.jitter),
             },
         },
     }
@@ -184,41 +178,40 @@ mod tests {
 
     #[test]
     fn classification_and_attempts_decide() {
-        let cap = Duration::from_secs(60);
         let transient = Err(SinkError::Connection("gone".into()));
         let permanent = Err(SinkError::TooLarge {
             subject: "s".into(),
             message: "big".into(),
         });
         assert_eq!(
-            decide(&Ok(Applied::Written), 1, &policy(), cap),
+            decide(&Ok(Applied::Written), 1, &policy()),
             Outcome::Applied
         );
         assert_eq!(
-            decide(&Ok(Applied::Skipped), 1, &policy(), cap),
+            decide(&Ok(Applied::Skipped), 1, &policy()),
             Outcome::Skipped
         );
         assert_eq!(
-            decide(&transient, 1, &policy(), cap),
+            decide(&transient, 1, &policy()),
             Outcome::Retry {
                 after: Duration::from_millis(100)
             }
         );
         assert_eq!(
-            decide(&transient, 2, &policy(), Duration::from_millis(500)),
+            decide(&transient, 2, &policy()),
             Outcome::Retry {
-                after: Duration::from_millis(500)
+                after: Duration::from_secs(1)
             }
         );
         assert!(matches!(
-            decide(&transient, 3, &policy(), cap),
+            decide(&transient, 3, &policy()),
             Outcome::DeadLetter {
                 reason: DeadLetterReason::MaxAttempts,
                 ..
             }
         ));
         assert!(matches!(
-            decide(&permanent, 1, &policy(), cap),
+            decide(&permanent, 1, &policy()),
             Outcome::DeadLetter {
                 reason: DeadLetterReason::SinkRejected,
                 ..

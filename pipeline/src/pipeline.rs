@@ -5,8 +5,11 @@
 //! **Invariant:** the loop never acks by itself; every delivery it admits is
 //! settled by `outcome.rs` after its sink answered (or is handed back, nak'd,
 //! at shutdown).
+//! **Invariant:** after a crash, new events wait in [`Recovery`] until the
+//! deliveries the previous process left unacked have come back, so an
+//! aggregate's order survives the crash.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use tokio::task::JoinSet;
@@ -14,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConsumerSettings, OnDeadLetter, Ordering, PipelineSpec},
-    dead_letter::{DeadLetterReason, DeadLetters},
-    envelope::{DecodeError, Decoder},
+    dead_letter::{self, DeadLetterReason, DeadLetters},
+    envelope::{self, DecodeError, Decoder},
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
     route::Router,
@@ -49,6 +52,53 @@ impl Work {
     }
 }
 
+/// Deliveries held back at start-up while the previous process's unacked
+/// deliveries ("orphans") come back: the server redelivers those only when
+/// their ack timers expire, but would hand out later events at once.
+struct Recovery {
+    /// The last stream sequence delivered before this process started.
+    horizon: u64,
+    /// Deliveries pending acknowledgement at start-up.
+    orphans: usize,
+    returned: HashSet<u64>,
+    held: Vec<Delivery>,
+    deadline: tokio::time::Instant,
+}
+
+impl Recovery {
+    /// `None` when nothing was left unacked, or when order does not matter.
+    fn after_bind(
+        info: &async_nats::jetstream::consumer::Info,
+        settings: &ConsumerSettings,
+    ) -> Option<Self> {
+        if info.num_ack_pending == 0 || settings.ordering == Ordering::None {
+            return None;
+        }
+        Some(Self {
+            horizon: info.delivered.stream_sequence,
+            orphans: info.num_ack_pending,
+            returned: HashSet::new(),
+            held: Vec::new(),
+            deadline: tokio::time::Instant::now() + settings.recovery_window(),
+        })
+    }
+
+    /// Holds a delivery; true once every orphan has come back.
+    fn hold(&mut self, delivery: Delivery) -> bool {
+        if delivery.stream_seq <= self.horizon {
+            self.returned.insert(delivery.stream_seq);
+        }
+        self.held.push(delivery);
+        self.returned.len() >= self.orphans
+    }
+
+    /// The held deliveries in stream order.
+    fn release(mut self) -> Vec<Delivery> {
+        self.held.sort_by_key(|delivery| delivery.stream_seq);
+        self.held
+    }
+}
+
 impl<S: Sink> Pipeline<S> {
     /// Binds the durable consumer, then reads, applies and settles until
     /// `shutdown`; then finishes what is in flight and hands the rest back.
@@ -59,6 +109,14 @@ impl<S: Sink> Pipeline<S> {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let consumer = source::bind(&jetstream, &self.spec, &self.settings).await?;
+        let mut recovery = Recovery::after_bind(consumer.cached_info(), &self.settings);
+        if let Some(recovery) = &recovery {
+            tracing::info!(
+                consumer = %self.spec.durable_name,
+                unacked = recovery.orphans,
+                "Waiting for deliveries left unacked by a previous run before applying new events"
+            );
+        }
         readiness.consumer_bound();
         tracing::info!(
             source = %self.spec.source,
@@ -89,9 +147,19 @@ impl<S: Sink> Pipeline<S> {
             let Some(stream) = messages.as_mut() else {
                 continue;
             };
+            let recovery_deadline = recovery.as_ref().map(|r| r.deadline);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                _ = sleep_until(recovery_deadline) => {
+                    if let Some(done) = recovery.take() {
+                        tracing::info!(consumer = %self.spec.durable_name, returned = done.returned.len(), "Recovery window over");
+                        for delivery in done.release() {
+                            self.admit(delivery, &mut lanes).await;
+                        }
+                        self.start_ready(&mut lanes, &mut tasks);
+                    }
+                }
                 Some(joined) = tasks.join_next() => {
                     if let Ok((key, seq, completion)) = joined {
                         lanes.complete(key.as_deref(), seq, completion);
@@ -100,9 +168,17 @@ impl<S: Sink> Pipeline<S> {
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
-                        match Delivery::from_message(&stream_name, message) {
-                            Ok(delivery) => self.admit(delivery, &mut lanes).await,
-                            Err(error) => tracing::warn!(error = %error, "Message ignored"),
+                        match (Delivery::from_message(&stream_name, message), recovery.as_mut()) {
+                            (Ok(delivery), Some(held)) => {
+                                if held.hold(delivery) {
+                                    let done = recovery.take().map(Recovery::release).unwrap_or_default();
+                                    for delivery in done {
+                                        self.admit(delivery, &mut lanes).await;
+                                    }
+                                }
+                            }
+                            (Ok(delivery), None) => self.admit(delivery, &mut lanes).await,
+                            (Err(error), _) => tracing::warn!(error = %error, "Message ignored"),
                         }
                         self.start_ready(&mut lanes, &mut tasks);
                     }
@@ -114,6 +190,9 @@ impl<S: Sink> Pipeline<S> {
                 _ = progress.tick() => {
                     for work in lanes.waiting() {
                         outcome::progress(work.delivery()).await;
+                    }
+                    for delivery in recovery.iter().flat_map(|r| r.held.iter()) {
+                        outcome::progress(delivery).await;
                     }
                 }
             }
@@ -128,6 +207,9 @@ impl<S: Sink> Pipeline<S> {
         for work in lanes.waiting() {
             outcome::release(work.delivery()).await;
         }
+        for delivery in recovery.iter().flat_map(|r| r.held.iter()) {
+            outcome::release(delivery).await;
+        }
         tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
         Ok(())
     }
@@ -135,6 +217,16 @@ impl<S: Sink> Pipeline<S> {
     /// Decodes and routes a delivery, then queues it behind its aggregate.
     async fn admit(&self, delivery: Delivery, lanes: &mut Lanes<Work>) {
         let seq = delivery.stream_seq;
+        if dead_letter::redrive_sink(delivery.headers.as_ref())
+            .is_some_and(|sink| sink != self.spec.sink)
+        {
+            // Redriven for another sink: this one applied it already.
+            let event_type = envelope::peek(delivery.content_type(), &delivery.body)
+                .map(|peek| peek.event_type)
+                .unwrap_or_default();
+            self.skip(&delivery, &event_type).await;
+            return;
+        }
         match self.decoder.decode(delivery.content_type(), &delivery.body) {
             Ok(envelope) => {
                 if !self.router.wants(&delivery.subject, &envelope.event_type) {
@@ -266,12 +358,7 @@ impl<S: Sink> Pipeline<S> {
                 "Sink write failed"
             );
         }
-        outcome::decide(
-            &result,
-            event.delivery.attempt,
-            &self.settings.retry,
-            self.settings.effective_ack_wait() / 2,
-        )
+        outcome::decide(&result, event.delivery.attempt, &self.settings.retry)
     }
 
     fn settler(&self) -> Settler<'_> {
@@ -283,6 +370,14 @@ impl<S: Sink> Pipeline<S> {
 
     /// Progress acks go out three times per `ack_wait`.
     fn progress_interval(&self) -> Duration {
-        (self.settings.effective_ack_wait() / 3).max(Duration::from_millis(100))
+        (self.settings.ack_wait / 3).max(Duration::from_millis(100))
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

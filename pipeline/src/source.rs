@@ -131,7 +131,7 @@ pub async fn bind(
         )),
         deliver_policy: DeliverPolicy::All,
         ack_policy: AckPolicy::Explicit,
-        ack_wait: settings.effective_ack_wait(),
+        ack_wait: settings.ack_wait,
         max_ack_pending: settings.max_ack_pending,
         // Jetline dead-letters at `retry.max_attempts` itself; a server-side
         // limit would drop events silently instead.

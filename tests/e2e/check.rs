@@ -34,20 +34,55 @@ fn a_good_configuration_passes_with_a_summary() {
     let (code, stdout, stderr) = check(&config_yaml("nats://127.0.0.1:1", GOOD_BODY));
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("jetline-orders-out"), "{stdout}");
-    assert!(stdout.contains("orders.OrderCreated: versions [1, 2, 3]"), "{stdout}");
+    assert!(
+        stdout.contains("orders.OrderCreated: versions [1, 2, 3]"),
+        "{stdout}"
+    );
 }
 
 #[test]
 fn every_kind_of_bad_configuration_exits_2_naming_the_key() {
     let cases = [
-        ("unknown key", GOOD_BODY.replace("subject: 'projections", "subjekt: 'projections"), "sinks.out.subjekt"),
-        ("missing source", GOOD_BODY.replace("from: orders", "from: nowhere"), "routes[0].from"),
-        ("missing sink", GOOD_BODY.replace("to: [out]", "to: [elsewhere]"), "routes[0].to[0]"),
-        ("unknown event type", GOOD_BODY.replace("orders.OrderCreated", "orders.Nope"), "routes[0].match.event_types[0]"),
-        ("bad template", GOOD_BODY.replace("{aggregate_id}", "{aggregate}"), "sinks.out.subject"),
-        ("bad subject", GOOD_BODY.replace("'orders.>'", "'orders.>.x'"), "sources.orders.subjects[0]"),
-        ("bad duration", format!("{GOOD_BODY}consumers: {{ ack_wait: soon }}\n"), "consumers"),
-        ("unknown sink type", GOOD_BODY.replace("type: jetstream", "type: kafka"), "sinks.out.type"),
+        (
+            "unknown key",
+            GOOD_BODY.replace("subject: 'projections", "subjekt: 'projections"),
+            "sinks.out.subjekt",
+        ),
+        (
+            "missing source",
+            GOOD_BODY.replace("from: orders", "from: nowhere"),
+            "routes[0].from",
+        ),
+        (
+            "missing sink",
+            GOOD_BODY.replace("to: [out]", "to: [elsewhere]"),
+            "routes[0].to[0]",
+        ),
+        (
+            "unknown event type",
+            GOOD_BODY.replace("orders.OrderCreated", "orders.Nope"),
+            "routes[0].match.event_types[0]",
+        ),
+        (
+            "bad template",
+            GOOD_BODY.replace("{aggregate_id}", "{aggregate}"),
+            "sinks.out.subject",
+        ),
+        (
+            "bad subject",
+            GOOD_BODY.replace("'orders.>'", "'orders.>.x'"),
+            "sources.orders.subjects[0]",
+        ),
+        (
+            "bad duration",
+            format!("{GOOD_BODY}consumers: {{ ack_wait: soon }}\n"),
+            "consumers",
+        ),
+        (
+            "unknown sink type",
+            GOOD_BODY.replace("type: jetstream", "type: kafka"),
+            "sinks.out.type",
+        ),
     ];
     for (name, body, key) in cases {
         let (code, _, stderr) = check(&config_yaml("nats://127.0.0.1:1", &body));
@@ -58,10 +93,8 @@ fn every_kind_of_bad_configuration_exits_2_naming_the_key() {
 
 #[test]
 fn a_password_in_the_file_is_refused_without_echoing_it() {
-    let yaml = config_yaml("nats://127.0.0.1:1", GOOD_BODY).replace(
-        "nats: {",
-        "nats: { user: app, password: s3cret-value,",
-    );
+    let yaml = config_yaml("nats://127.0.0.1:1", GOOD_BODY)
+        .replace("nats: {", "nats: { user: app, password: s3cret-value,");
     let (code, _, stderr) = check(&yaml);
     assert_eq!(code, 2);
     assert!(stderr.contains("nats.password"), "{stderr}");
@@ -80,7 +113,12 @@ fn every_shipped_configuration_checks() {
                 .arg(&path)
                 .output()
                 .expect("check runs");
-            assert!(output.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&output.stderr)
+            );
             checked += 1;
         }
     }

@@ -61,11 +61,20 @@ async fn binary_and_json_envelopes_reach_the_sink_with_subject_id_and_headers() 
     for (message, document) in stored.iter().zip([&binary, &json]) {
         assert_eq!(message.subject.as_str(), "projections.orders.order-1");
         let header = |name: &str| message.headers.get(name).map(|v| v.as_str().to_owned());
-        assert_eq!(header("Nats-Msg-Id"), document["eventId"].as_str().map(String::from));
-        assert_eq!(header("Content-Type").as_deref(), Some("application/protobuf"));
+        assert_eq!(
+            header("Nats-Msg-Id"),
+            document["eventId"].as_str().map(String::from)
+        );
+        assert_eq!(
+            header("Content-Type").as_deref(),
+            Some("application/protobuf")
+        );
         assert_eq!(
             header("Jetline-Correlation-Id"),
-            Some(format!("corr-{}", document["eventId"].as_str().unwrap_or_default()))
+            Some(format!(
+                "corr-{}",
+                document["eventId"].as_str().unwrap_or_default()
+            ))
         );
         // Downstream always carries binary protobuf: decode it back.
         let delivered = DECODER
@@ -98,8 +107,14 @@ async fn each_invalid_event_lands_once_in_the_dead_letter_stream_and_good_ones_p
     unknown_field["payload"]["colour"] = "red".into();
 
     let invalid = vec![
-        (Outgoing::raw("inv.a", None, b"\x0a\xff\xff not protobuf"), "invalid_envelope"),
-        (Outgoing::raw("inv.b", Some("application/json"), b"{not json"), "invalid_envelope"),
+        (
+            Outgoing::raw("inv.a", None, b"\x0a\xff\xff not protobuf"),
+            "invalid_envelope",
+        ),
+        (
+            Outgoing::raw("inv.b", Some("application/json"), b"{not json"),
+            "invalid_envelope",
+        ),
         (Outgoing::json("inv.c", &missing_id), "invalid_envelope"),
         (Outgoing::json("inv.d", &unknown_type), "unknown_type"),
         (Outgoing::json("inv.e", &unknown_version), "unknown_type"),
@@ -110,18 +125,33 @@ async fn each_invalid_event_lands_once_in_the_dead_letter_stream_and_good_ones_p
         .iter()
         .map(|(message, reason)| (message.subject.clone(), message.body.clone(), *reason))
         .collect();
-    let mut batch = vec![Outgoing::json("inv.first", &created_v3("good-1", "order-1", 1))];
+    let mut batch = vec![Outgoing::json(
+        "inv.first",
+        &created_v3("good-1", "order-1", 1),
+    )];
     batch.extend(invalid.into_iter().map(|(message, _)| message));
-    batch.push(Outgoing::binary("inv.last", &created_v3("good-2", "order-3", 2)));
+    batch.push(Outgoing::binary(
+        "inv.last",
+        &created_v3("good-2", "order-3", 2),
+    ));
     let published = batch.len() as u64;
     publish_all(&js, batch).await;
 
-    let jetline = Running::start(&one_sink_config(&server.url(), "INV", "inv", "invout.{aggregate_id}"));
-    eventually(TIMEOUT, "good events applied and invalid ones dead-lettered", || async {
-        let applied = stream_count(&js, "INV_OUT").await;
-        let dead = stream_count(&js, "DLQ_INV").await;
-        (applied + dead == published).then_some(())
-    })
+    let jetline = Running::start(&one_sink_config(
+        &server.url(),
+        "INV",
+        "inv",
+        "invout.{aggregate_id}",
+    ));
+    eventually(
+        TIMEOUT,
+        "good events applied and invalid ones dead-lettered",
+        || async {
+            let applied = stream_count(&js, "INV_OUT").await;
+            let dead = stream_count(&js, "DLQ_INV").await;
+            (applied + dead == published).then_some(())
+        },
+    )
     .await;
     // Give a wrongly repeated dead letter the time to show up before stopping.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -133,11 +163,17 @@ async fn each_invalid_event_lands_once_in_the_dead_letter_stream_and_good_ones_p
     for (subject, body, reason) in expected {
         let letter = letters
             .iter()
-            .find(|l| l.headers.get(dlq::SOURCE_SUBJECT).map(|v| v.as_str()) == Some(subject.as_str()))
+            .find(|l| {
+                l.headers.get(dlq::SOURCE_SUBJECT).map(|v| v.as_str()) == Some(subject.as_str())
+            })
             .unwrap_or_else(|| panic!("dead letter for {subject}"));
         let header = |name: &str| letter.headers.get(name).map(|v| v.as_str().to_owned());
         assert_eq!(header(dlq::REASON).as_deref(), Some(reason), "{subject}");
-        assert_eq!(letter.payload.as_ref(), body.as_slice(), "original bytes of {subject}");
+        assert_eq!(
+            letter.payload.as_ref(),
+            body.as_slice(),
+            "original bytes of {subject}"
+        );
         assert_eq!(header(dlq::SINK).as_deref(), Some("out"));
         assert_eq!(header(dlq::SOURCE_STREAM).as_deref(), Some("INV"));
         assert!(header(dlq::SOURCE_SEQ).is_some_and(|seq| seq.parse::<u64>().is_ok()));
@@ -162,7 +198,9 @@ async fn a_killed_jetline_restarts_without_losing_or_duplicating() {
         .collect();
     publish_all(&js, batch).await;
 
-    let yaml = one_sink_config(&server.url(), "RST", "rst", "rstout.{aggregate_id}");
+    // A short ack_wait: the events the killed process held come back soon.
+    let yaml = one_sink_config(&server.url(), "RST", "rst", "rstout.{aggregate_id}")
+        + "consumers: { ack_wait: 3s, max_ack_pending: 500 }\n";
     let first = Process::start(&yaml);
     eventually(TIMEOUT, "some events applied", || async {
         (stream_count(&js, "RST_OUT").await > 0).then_some(())
@@ -184,16 +222,30 @@ async fn a_killed_jetline_restarts_without_losing_or_duplicating() {
         .iter()
         .filter_map(|m| m.headers.get("Nats-Msg-Id").map(|v| v.as_str().to_owned()))
         .collect();
-    assert_eq!(stored.len() as u64, total, "no duplicates downstream (killed after {applied_before_restart})");
+    assert_eq!(
+        stored.len() as u64,
+        total,
+        "no duplicates downstream (killed after {applied_before_restart})"
+    );
     assert_eq!(ids.len() as u64, total, "every event once");
 
     // Per aggregate, the stream order is kept.
     let mut last_seen: BTreeMap<String, i64> = BTreeMap::new();
     for message in &stored {
-        let envelope = DECODER.decode(None, &message.payload).expect("valid output");
-        let n: i64 = envelope.event_id.trim_start_matches("rst-").parse().expect("numbered id");
+        let envelope = DECODER
+            .decode(None, &message.payload)
+            .expect("valid output");
+        let n: i64 = envelope
+            .event_id
+            .trim_start_matches("rst-")
+            .parse()
+            .expect("numbered id");
         let previous = last_seen.insert(envelope.aggregate_id.clone(), n);
-        assert!(previous.is_none_or(|p| p < n), "order of {}", envelope.aggregate_id);
+        assert!(
+            previous.is_none_or(|p| p < n),
+            "order of {}",
+            envelope.aggregate_id
+        );
     }
 }
 
@@ -221,7 +273,12 @@ dead_letter: { stream: DLQ_TWO, subject_prefix: dlq_two }
     publish_all(
         &js,
         (0..total)
-            .map(|n| Outgoing::binary("two.x", &created_v3(&format!("two-{n}"), &format!("o{}", n % 7), n as i64)))
+            .map(|n| {
+                Outgoing::binary(
+                    "two.x",
+                    &created_v3(&format!("two-{n}"), &format!("o{}", n % 7), n as i64),
+                )
+            })
             .collect(),
     )
     .await;
@@ -238,5 +295,9 @@ dead_letter: { stream: DLQ_TWO, subject_prefix: dlq_two }
     })
     .await;
     jetline.stop().await;
-    assert_eq!(stream_count(&js, "DLQ_TWO").await, 0, "nothing dead-lettered");
+    assert_eq!(
+        stream_count(&js, "DLQ_TWO").await,
+        0,
+        "nothing dead-lettered"
+    );
 }

@@ -5,3 +5,5 @@ mod support;
 
 mod check;
 mod core;
+mod delivery;
+mod dlq;

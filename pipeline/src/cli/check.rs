@@ -23,14 +23,14 @@ pub fn summary(prepared: &Prepared) -> String {
     for (name, sink) in &config.sinks {
         let target = match &sink.kind {
             SinkKind::JetStream(js) => format!("subject {} ({:?})", js.subject, js.format),
+            SinkKind::Custom => "registered by the embedding program".to_owned(),
         };
         let c = &sink.consumer;
         let _ = writeln!(out, "  {name}: {} {target}", sink.kind.type_name());
         let _ = writeln!(
             out,
-            "    ack_wait {} (effective {}), max_ack_pending {}, ordering {:?}, concurrency {}, on_dead_letter {:?}",
+            "    ack_wait {}, max_ack_pending {}, ordering {:?}, concurrency {}, on_dead_letter {:?}",
             humantime::format_duration(c.ack_wait),
-            humantime::format_duration(c.effective_ack_wait()),
             c.max_ack_pending,
             c.ordering,
             c.concurrency,

@@ -1,6 +1,7 @@
 //! The operator CLI: one file per subcommand.
 
 pub mod check;
+pub mod dlq;
 pub mod run;
 
 use std::path::PathBuf;
@@ -33,6 +34,13 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the configuration, schemas and routes without connecting to NATS.
     Check(ConfigArg),
+    /// Inspect and redrive the dead-letter stream.
+    Dlq {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(subcommand)]
+        command: dlq::DlqCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]

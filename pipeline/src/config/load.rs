@@ -95,7 +95,10 @@ fn one_error(path: &str, message: String) -> ConfigErrors {
     ConfigErrors(vec![ConfigError::new(path, message)])
 }
 
-fn relocate(errors: ConfigErrors, locate: impl Fn(ConfigError) -> ConfigError + Copy) -> ConfigErrors {
+fn relocate(
+    errors: ConfigErrors,
+    locate: impl Fn(ConfigError) -> ConfigError + Copy,
+) -> ConfigErrors {
     ConfigErrors(errors.0.into_iter().map(locate).collect())
 }
 

@@ -84,12 +84,15 @@ pub struct SinkSpec {
 #[derive(Debug, Clone)]
 pub enum SinkKind {
     JetStream(raw::JetStreamSinkConfig),
+    /// Registered in code by a program embedding the library.
+    Custom,
 }
 
 impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::JetStream(_) => "jetstream",
+            SinkKind::Custom => "custom",
         }
     }
 }
@@ -98,7 +101,6 @@ impl SinkKind {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ConsumerSettings {
     pub durable_prefix: String,
-    /// As configured.
     pub ack_wait: Duration,
     pub max_ack_pending: i64,
     pub ordering: Ordering,
@@ -108,12 +110,12 @@ pub struct ConsumerSettings {
 }
 
 impl ConsumerSettings {
-    /// The `ack_wait` given to JetStream: at least twice the longest backoff, so
-    /// that after a crash a retried event is redelivered before the later
-    /// events of its aggregate (whose timers were refreshed by progress acks).
-    pub fn effective_ack_wait(&self) -> Duration {
+    /// How long after start-up every delivery left unacked by a previous
+    /// process has come back: its ack timer, or its nak delay, has expired.
+    pub fn recovery_window(&self) -> Duration {
         let longest = self.retry.backoff.iter().max().copied().unwrap_or_default();
-        self.ack_wait.max(longest * 2 + Duration::from_secs(1))
+        let jitter = longest.mul_f64(self.retry.jitter);
+        self.ack_wait.max(longest + jitter) + Duration::from_secs(2)
     }
 }
 

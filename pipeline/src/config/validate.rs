@@ -134,6 +134,13 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     })
 }
 
+const SINK_TYPES: &str = "jetstream, custom";
+
+/// A block that takes no keys of its own.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoKeys {}
+
 /// Splits a sink block into its common keys and its type's keys, and parses
 /// each with its full key path.
 fn parse_sink(
@@ -191,17 +198,21 @@ fn parse_sink(
                 Some(SinkKind::JetStream(config))
             })
         }
+        Some("custom") => {
+            let _: Option<NoKeys> = parse_at(errors, &path, serde_json::Value::Object(specific));
+            Some(SinkKind::Custom)
+        }
         Some(other) => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?} (known: jetstream)"),
+                format!("unknown sink type {other:?} (known: {SINK_TYPES})"),
             ));
             None
         }
         None => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                "missing sink type (known: jetstream)",
+                format!("missing sink type (known: {SINK_TYPES})"),
             ));
             None
         }

@@ -5,6 +5,7 @@
 //! transaction committed, the webhook answered 2xx): the caller acks the
 //! source message after that, never before.
 
+pub mod custom;
 pub mod jetstream;
 
 use std::future::Future;
@@ -59,6 +60,12 @@ pub enum SinkError {
     Publish { subject: String, message: String },
     #[error("message too large for {subject}: {message}")]
     TooLarge { subject: String, message: String },
+    /// The sink refuses this event for good (a custom sink's verdict).
+    #[error("rejected: {0}")]
+    Rejected(String),
+    /// The sink cannot apply it now (a custom sink's verdict).
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl SinkError {
@@ -72,6 +79,8 @@ impl SinkError {
             SinkError::Connection(_) => ErrorClass::Transient,
             SinkError::Publish { .. } => ErrorClass::Transient,
             SinkError::TooLarge { .. } => ErrorClass::Permanent,
+            SinkError::Rejected(_) => ErrorClass::Permanent,
+            SinkError::Unavailable(_) => ErrorClass::Transient,
         }
     }
 }

@@ -24,7 +24,13 @@ pub static DECODER: LazyLock<Decoder> = LazyLock::new(|| {
 });
 
 /// A JSON envelope of the example domain.
-pub fn envelope_json(event_id: &str, event_type: &str, version: u32, aggregate_id: &str, payload: Value) -> Value {
+pub fn envelope_json(
+    event_id: &str,
+    event_type: &str,
+    version: u32,
+    aggregate_id: &str,
+    payload: Value,
+) -> Value {
     json!({
         "eventId": event_id,
         "eventType": event_type,
@@ -64,7 +70,10 @@ pub fn shipped_v1(event_id: &str, aggregate_id: &str, tracking: &str) -> Value {
 /// The validated envelope of a JSON document.
 pub fn decode_json(document: &Value) -> Envelope {
     DECODER
-        .decode(Some("application/json"), &serde_json::to_vec(document).expect("json"))
+        .decode(
+            Some("application/json"),
+            &serde_json::to_vec(document).expect("json"),
+        )
         .unwrap_or_else(|err| panic!("test event is valid: {err}"))
 }
 

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod events;
+pub mod flaky;
 pub mod nats;
 
 use std::{
@@ -13,6 +14,7 @@ use std::{
 };
 
 pub use events::*;
+pub use flaky::*;
 pub use nats::*;
 
 /// The workspace root.
@@ -57,4 +59,14 @@ pub fn free_port() -> u16 {
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
         .expect("a free loopback port")
+}
+
+/// Logs of in-process runs, when `JETLINE_TEST_LOG` is set (e.g. `debug`).
+pub fn init_logs() {
+    if let Ok(filter) = std::env::var("JETLINE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    }
 }

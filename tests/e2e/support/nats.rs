@@ -9,6 +9,7 @@ use std::{
 };
 
 use async_nats::jetstream::{self, stream};
+use jetline::sink::custom::CustomSinks;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,7 +56,14 @@ impl NatsServer {
 
     fn spawn(&mut self) {
         let child = Command::new(nats_server_bin())
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
             .arg(self.store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -87,7 +95,9 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url()).await.expect("test client connects")
+        async_nats::connect(self.url())
+            .await
+            .expect("test client connects")
     }
 
     pub async fn jetstream(&self) -> jetstream::Context {
@@ -102,7 +112,11 @@ impl Drop for NatsServer {
 }
 
 /// Creates a stream with the given subjects.
-pub async fn create_stream(js: &jetstream::Context, name: &str, subjects: &[&str]) -> stream::Stream {
+pub async fn create_stream(
+    js: &jetstream::Context,
+    name: &str,
+    subjects: &[&str],
+) -> stream::Stream {
     js.create_stream(stream::Config {
         name: name.to_owned(),
         subjects: subjects.iter().map(|s| s.to_string()).collect(),
@@ -130,9 +144,15 @@ pub struct Running {
 
 impl Running {
     pub fn start(yaml: &str) -> Self {
+        Self::start_with(yaml, CustomSinks::default())
+    }
+
+    /// With the sinks of `type: custom` that the test supplies.
+    pub fn start_with(yaml: &str, sinks: CustomSinks) -> Self {
+        super::init_logs();
         let config = jetline::config::load_str(yaml).unwrap_or_else(|err| panic!("config: {err}"));
         let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(jetline::run(config, shutdown.clone()));
+        let handle = tokio::spawn(jetline::run_with(config, shutdown.clone(), sinks));
         Self { shutdown, handle }
     }
 
@@ -185,7 +205,10 @@ impl Drop for Process {
 }
 
 /// Every message stored in `stream`, in sequence order.
-pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<async_nats::jetstream::message::StreamMessage> {
+pub async fn stream_messages(
+    js: &jetstream::Context,
+    stream: &str,
+) -> Vec<async_nats::jetstream::message::StreamMessage> {
     let mut handle = js.get_stream(stream).await.expect("stream exists");
     let info = handle.info().await.expect("stream info");
     let (first, last) = (info.state.first_sequence, info.state.last_sequence);
@@ -204,7 +227,11 @@ pub async fn stream_messages(js: &jetstream::Context, stream: &str) -> Vec<async
 /// Number of messages stored in `stream` (0 when it does not exist).
 pub async fn stream_count(js: &jetstream::Context, stream: &str) -> u64 {
     match js.get_stream(stream).await {
-        Ok(mut handle) => handle.info().await.map(|info| info.state.messages).unwrap_or(0),
+        Ok(mut handle) => handle
+            .info()
+            .await
+            .map(|info| info.state.messages)
+            .unwrap_or(0),
         Err(_) => 0,
     }
 }

@@ -8,11 +8,15 @@
 //! `<sink>:<stream>:<seq>:<attempts>`, so a retried dead-letter publish is
 //! stored once.
 
+mod store;
+
 use std::time::Duration;
 
 use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
+
+pub use store::{Entry, Filter, RedriveTarget, redrive_sink};
 
 /// Why an event was dead-lettered: one fixed snake_case name each, used in
 /// the `Jetline-Dlq-Reason` header and in metric labels.
@@ -67,6 +71,12 @@ pub mod header {
     pub const ATTEMPTS: &str = "Jetline-Dlq-Attempts";
     /// Prefix under which a producer's `Nats-*` headers are kept.
     pub const ORIGINAL_PREFIX: &str = "Jetline-Dlq-Orig-";
+    /// Prefix of every header Jetline adds to an entry.
+    pub const PREFIX: &str = "Jetline-Dlq-";
+    /// On a redriven event: the earlier dead-letterings, `; `-separated.
+    pub const HISTORY: &str = "Jetline-Dlq-History";
+    /// On a redriven event: the only sink that applies it.
+    pub const REDRIVE_SINK: &str = "Jetline-Redrive-Sink";
 }
 
 /// One event to dead-letter, with where it came from.
@@ -89,6 +99,12 @@ pub enum DeadLetterError {
     Stream { stream: String, message: String },
     #[error("dead-letter publish failed: {0}")]
     Publish(String),
+    #[error("no dead letter at sequence {0}")]
+    NotFound(u64),
+    #[error("entry {seq} has no {header} header")]
+    Incomplete { seq: u64, header: &'static str },
+    #[error("redrive of entry {seq} failed: {message}")]
+    Redrive { seq: u64, message: String },
 }
 
 /// Publishes dead letters to `<subject_prefix>.<sink>.<reason>`.
