@@ -20,6 +20,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
         Command::Dlq { config, command } => dlq(&config.config, command),
+        Command::Publish { config, args } => publish(&config.config, args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,6 +67,13 @@ fn run(path: &std::path::Path) -> Result<(), Failure> {
 fn dlq(path: &std::path::Path, command: cli::dlq::DlqCommand) -> Result<(), Failure> {
     let config = load(path)?;
     let output = runtime()?.block_on(cli::dlq::run(config, command))?;
+    print!("{output}");
+    Ok(())
+}
+
+fn publish(path: &std::path::Path, args: cli::publish::PublishArgs) -> Result<(), Failure> {
+    let config = load(path)?;
+    let output = runtime()?.block_on(cli::publish::run(config, args))?;
     print!("{output}");
     Ok(())
 }

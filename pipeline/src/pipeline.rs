@@ -264,7 +264,7 @@ impl<S: Sink> Pipeline<S> {
         telemetry::event(
             &self.spec.source,
             &self.spec.sink,
-            event_type,
+            self.known(event_type),
             outcome.label(),
         );
     }
@@ -313,7 +313,7 @@ impl<S: Sink> Pipeline<S> {
         telemetry::event(
             &self.spec.source,
             &self.spec.sink,
-            &event_type,
+            self.known(&event_type),
             outcome.label(),
         );
         let parks = matches!(
@@ -359,6 +359,16 @@ impl<S: Sink> Pipeline<S> {
             );
         }
         outcome::decide(&result, event.delivery.attempt, &self.settings.retry)
+    }
+
+    /// The event type as a metric label: only types the schemas know, so a
+    /// producer's typo cannot grow the label set.
+    fn known<'a>(&self, event_type: &'a str) -> &'a str {
+        if self.decoder.registry().contains(event_type) {
+            event_type
+        } else {
+            "unknown"
+        }
     }
 
     fn settler(&self) -> Settler<'_> {

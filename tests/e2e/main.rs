@@ -7,3 +7,4 @@ mod check;
 mod core;
 mod delivery;
 mod dlq;
+mod packaging;

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod dlq;
+pub mod publish;
 pub mod run;
 
 use std::path::PathBuf;
@@ -34,6 +35,13 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the configuration, schemas and routes without connecting to NATS.
     Check(ConfigArg),
+    /// Publish JSON envelopes (one per line) to a subject.
+    Publish {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: publish::PublishArgs,
+    },
     /// Inspect and redrive the dead-letter stream.
     Dlq {
         #[command(flatten)]

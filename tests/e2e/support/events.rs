@@ -126,17 +126,21 @@ impl Outgoing {
     }
 }
 
-/// Publishes all, pipelined, and waits for every ack.
+/// Publishes all, pipelined in windows (async-nats allows 5,000 acks in
+/// flight), and waits for every ack.
 pub async fn publish_all(js: &jetstream::Context, messages: Vec<Outgoing>) {
-    let mut acks = Vec::with_capacity(messages.len());
-    for message in messages {
-        acks.push(
-            js.publish_with_headers(message.subject, message.headers, message.body.into())
-                .await
-                .expect("publish sent"),
-        );
-    }
-    for ack in acks {
-        ack.await.expect("publish acked");
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() {
+        let mut acks = Vec::with_capacity(1_000);
+        for message in messages.by_ref().take(1_000) {
+            acks.push(
+                js.publish_with_headers(message.subject, message.headers, message.body.into())
+                    .await
+                    .expect("publish sent"),
+            );
+        }
+        for ack in acks {
+            ack.await.expect("publish acked");
+        }
     }
 }

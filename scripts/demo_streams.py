@@ -1,0 +1,52 @@
+"""Stream set-up and inspection for scripts/demo (nats-py).
+
+create URL NAME SUBJECT [NAME SUBJECT ...]   create streams if missing
+wait URL SECONDS NAME=COUNT [...]            wait until streams hold at least COUNT
+show URL NAME                                print a stream's messages, one line each
+"""
+
+import asyncio
+import sys
+import time
+
+import nats
+from nats.js.api import StreamConfig
+
+
+async def main(command, url, *args):
+    client = await nats.connect(url)
+    js = client.jetstream()
+    if command == "create":
+        for name, subject in zip(args[::2], args[1::2]):
+            await js.add_stream(StreamConfig(name=name, subjects=[subject]))
+    elif command == "wait":
+        deadline = time.monotonic() + float(args[0])
+        wanted = dict(arg.split("=") for arg in args[1:])
+        while True:
+            counts = {}
+            for name in wanted:
+                try:
+                    counts[name] = (await js.stream_info(name)).state.messages
+                except Exception:
+                    counts[name] = 0
+            if all(counts[n] >= int(c) for n, c in wanted.items()):
+                break
+            if time.monotonic() > deadline:
+                sys.exit(f"timed out waiting for {wanted}, have {counts}")
+            await asyncio.sleep(0.2)
+    elif command == "show":
+        name = args[0]
+        info = await js.stream_info(name)
+        for seq in range(info.state.first_seq, info.state.last_seq + 1):
+            message = await js.get_msg(name, seq)
+            headers = message.headers or {}
+            print(
+                f"  {seq:>3}  {message.subject:<36} {headers.get('Jetline-Event-Type', ''):<24}"
+                f" v{headers.get('Jetline-Schema-Version', '?')}  id={headers.get('Nats-Msg-Id', '')}"
+                f"  {headers.get('Content-Type', '')}"
+            )
+    await client.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:]))
