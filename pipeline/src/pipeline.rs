@@ -11,7 +11,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -198,16 +198,30 @@ impl<S: Sink> Pipeline<S> {
             }
         }
 
-        // Finish what is in flight; hand back what has not started.
+        // Finish what is in flight, then hand back what has not started:
+        // first take what the client already holds and stop pulling, so the
+        // nak'd messages wait on the server for the next run instead of
+        // coming back to this one.
         while let Some(joined) = tasks.join_next().await {
             if let Ok((key, seq, completion)) = joined {
                 lanes.complete(key.as_deref(), seq, completion);
             }
         }
-        for work in lanes.waiting() {
-            outcome::release(work.delivery()).await;
+        let mut unread = Vec::new();
+        if let Some(mut stream) = messages.take() {
+            while let Some(Some(Ok(message))) = stream.next().now_or_never() {
+                if let Ok(delivery) = Delivery::from_message(&stream_name, message) {
+                    unread.push(delivery);
+                }
+            }
         }
-        for delivery in recovery.iter().flat_map(|r| r.held.iter()) {
+        let held = recovery.iter().flat_map(|r| r.held.iter());
+        for delivery in lanes
+            .waiting()
+            .map(Work::delivery)
+            .chain(held)
+            .chain(&unread)
+        {
             outcome::release(delivery).await;
         }
         tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");

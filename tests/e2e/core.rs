@@ -301,3 +301,62 @@ dead_letter: { stream: DLQ_TWO, subject_prefix: dlq_two }
         "nothing dead-lettered"
     );
 }
+
+#[tokio::test]
+async fn sigterm_finishes_in_flight_events_and_exits_0_and_the_consumer_follows_config_changes() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "TERM", &["term.>"]).await;
+    create_stream(&js, "TERM_OUT", &["termout.>"]).await;
+    let total = 500u64;
+    publish_all(
+        &js,
+        (0..total)
+            .map(|n| {
+                Outgoing::binary(
+                    "term.x",
+                    &created_v3(&format!("term-{n}"), &format!("o{}", n % 10), n as i64),
+                )
+            })
+            .collect(),
+    )
+    .await;
+    let yaml = |ack_wait: &str| {
+        one_sink_config(&server.url(), "TERM", "term", "termout.{aggregate_id}")
+            + &format!("consumers: {{ ack_wait: {ack_wait} }}\n")
+    };
+
+    let first = Process::start(&yaml("20s"));
+    eventually(TIMEOUT, "some events applied", || async {
+        (stream_count(&js, "TERM_OUT").await > 0).then_some(())
+    })
+    .await;
+    assert_eq!(first.terminate(), Some(0), "a graceful stop exits 0");
+    let consumer_info = || async {
+        let stream = js.get_stream("TERM").await.expect("stream");
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            .get_consumer("jetline-orders-out")
+            .await
+            .expect("durable consumer");
+        consumer.info().await.expect("info").clone()
+    };
+    let after_stop = consumer_info().await;
+    assert_eq!(after_stop.config.ack_wait, Duration::from_secs(20));
+
+    // A changed setting updates the durable consumer; its progress is kept.
+    let second = Process::start(&yaml("12s"));
+    eventually(TIMEOUT, "every event applied once", || async {
+        (stream_count(&js, "TERM_OUT").await == total).then_some(())
+    })
+    .await;
+    assert_eq!(second.terminate(), Some(0));
+    assert_eq!(
+        consumer_info().await.config.ack_wait,
+        Duration::from_secs(12)
+    );
+    assert_eq!(
+        stream_count(&js, "TERM_OUT").await,
+        total,
+        "nothing applied twice"
+    );
+}

@@ -190,6 +190,14 @@ impl Process {
         }
     }
 
+    /// SIGTERM, then the exit code once it has stopped.
+    pub fn terminate(mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().ok()?.code()
+    }
+
     /// SIGKILL: no chance to settle anything.
     pub fn kill(mut self) {
         let _ = self.child.kill();
