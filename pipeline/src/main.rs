@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(args) => check(&args.config),
         Command::Run(args) => run(&args.config),
+        Command::Status(args) => status(&args.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,12 +53,35 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
 
 fn run(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
-    let runtime = tokio::runtime::Runtime::new().map_err(|err| Failure {
-        code: 1,
-        message: format!("cannot start the runtime: {err}"),
-    })?;
+    let runtime = runtime()?;
     runtime.block_on(cli::run::run(config))?;
     Ok(())
+}
+
+/// Exits 1 when some consumer could not be read (its line says why).
+fn status(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let runtime = runtime()?;
+    let statuses = runtime.block_on(cli::status::read(&config))?;
+    print!("{}", cli::status::table(&statuses));
+    let unreadable = statuses.iter().filter(|status| status.lag.is_err()).count();
+    if unreadable > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{unreadable} of {} consumers could not be read",
+                statuses.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Runtime::new().map_err(|err| Failure {
+        code: 1,
+        message: format!("cannot start the runtime: {err}"),
+    })
 }
 
 fn init_tracing(format: LogFormat) {

@@ -156,8 +156,7 @@ impl<S: Sink> Pipeline<S> {
                     None => self.router.wants_subject(&delivery.subject),
                 };
                 if !wanted {
-                    self.skip(&delivery, error.event_type().unwrap_or("unknown"))
-                        .await;
+                    self.skip(&delivery, event_type_label(&error)).await;
                     return;
                 }
                 telemetry::validation_failure(&self.spec.source, error.reason());
@@ -167,14 +166,9 @@ impl<S: Sink> Pipeline<S> {
     }
 
     async fn skip(&self, delivery: &Delivery, event_type: &str) {
-        let outcome = Outcome::Skipped;
-        self.settler().settle(delivery, &outcome).await;
-        telemetry::event(
-            &self.spec.source,
-            &self.spec.sink,
-            event_type,
-            outcome.label(),
-        );
+        self.settler()
+            .settle(delivery, event_type, &Outcome::Skipped)
+            .await;
     }
 
     fn start_ready(
@@ -195,7 +189,7 @@ impl<S: Sink> Pipeline<S> {
     async fn process(&self, work: Work, dispatch: Dispatch) -> Completion {
         let (delivery, event_type, outcome) = match (work, dispatch) {
             (Work::Reject(delivery, error), _) => {
-                let event_type = error.event_type().unwrap_or("unknown").to_owned();
+                let event_type = event_type_label(&error).to_owned();
                 let outcome = Outcome::DeadLetter {
                     reason: error.reason(),
                     error: error.to_string(),
@@ -217,13 +211,10 @@ impl<S: Sink> Pipeline<S> {
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };
-        let completion = self.settler().settle(&delivery, &outcome).await;
-        telemetry::event(
-            &self.spec.source,
-            &self.spec.sink,
-            &event_type,
-            outcome.label(),
-        );
+        let completion = self
+            .settler()
+            .settle(&delivery, &event_type, &outcome)
+            .await;
         let parks = matches!(
             outcome,
             Outcome::DeadLetter {
@@ -276,6 +267,7 @@ impl<S: Sink> Pipeline<S> {
 
     fn settler(&self) -> Settler<'_> {
         Settler {
+            source: &self.spec.source,
             sink: &self.spec.sink,
             dead_letters: &self.dead_letters,
         }
@@ -284,5 +276,21 @@ impl<S: Sink> Pipeline<S> {
     /// Progress acks go out three times per `ack_wait`.
     fn progress_interval(&self) -> Duration {
         (self.settings.effective_ack_wait() / 3).max(Duration::from_millis(100))
+    }
+}
+
+/// The `event_type` label of a delivery that failed to decode: only a type the
+/// schemas know, so a producer cannot grow the label set with made-up names.
+fn event_type_label(error: &DecodeError) -> &str {
+    match error {
+        DecodeError::UnknownVersion { event_type, .. }
+        | DecodeError::InvalidPayload { event_type, .. }
+        | DecodeError::UnknownField { event_type, .. } => event_type,
+        DecodeError::UnknownType { .. }
+        | DecodeError::ContentType(_)
+        | DecodeError::Protobuf(_)
+        | DecodeError::Json(_)
+        | DecodeError::MissingField(_)
+        | DecodeError::ZeroVersion => "unknown",
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod run;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the configuration, schemas and routes without connecting to NATS.
     Check(ConfigArg),
+    /// Print each consumer's pending, ack pending, redelivered and lag in seconds.
+    Status(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]

@@ -5,6 +5,7 @@
 
 pub mod events;
 pub mod nats;
+pub mod prometheus;
 
 use std::{
     future::Future,
@@ -14,6 +15,7 @@ use std::{
 
 pub use events::*;
 pub use nats::*;
+pub use prometheus::*;
 
 /// The workspace root.
 pub fn root() -> PathBuf {
