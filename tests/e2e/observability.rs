@@ -91,16 +91,16 @@ const CAUGHT_UP: Gauges = Gauges {
     lag_seconds: 0.0,
 };
 
-/// Seconds since the first message of `stream` was published.
-async fn age_of_first_message(js: &async_nats::jetstream::Context, stream: &str) -> f64 {
-    let first = js
+/// Seconds since the message `seq` of `stream` was published.
+async fn age_of_message(js: &async_nats::jetstream::Context, stream: &str, seq: u64) -> f64 {
+    let message = js
         .get_stream(stream)
         .await
         .expect("stream exists")
-        .get_raw_message(1)
+        .get_raw_message(seq)
         .await
-        .expect("first message");
-    (OffsetDateTime::now_utc() - first.time).as_seconds_f64()
+        .expect("the message is stored");
+    (OffsetDateTime::now_utc() - message.time).as_seconds_f64()
 }
 
 /// `jetline status` on `yaml`: exit code and the figures of `consumer`'s line
@@ -205,15 +205,28 @@ async fn a_backlog_shows_in_pending_and_lag_seconds_then_both_fall_to_zero_as_it
     let server = NatsServer::start();
     let js = server.jetstream().await;
     create_stream(&js, "BACKLOG", &["backlog.>"]).await;
+    // Older messages the consumer's filter does not select: they must not
+    // count in its lag.
+    let ignored = 3u64;
+    let mut older = good_events("ignored", ignored);
+    for message in &mut older {
+        message.subject = "backlog.ignored".into();
+    }
+    publish_all(&js, older).await;
+    let aged = Duration::from_secs(1);
+    tokio::time::sleep(aged).await;
     let total = 20u64;
     publish_all(&js, good_events("backlog", total)).await;
     // The backlog ages before Jetline starts: a lag counted from anything but
     // the publish time (start-up, first delivery) would be smaller.
-    let aged = Duration::from_millis(1500);
     tokio::time::sleep(aged).await;
 
     let port = free_port();
-    let yaml = blocked_sink_yaml(&server.url(), port, "backlog");
+    // Two filter subjects, one of which has no messages.
+    let yaml = blocked_sink_yaml(&server.url(), port, "backlog").replace(
+        "from: backlog, to:",
+        "from: backlog, match: { subjects: [backlog.created, backlog.shipped] }, to:",
+    );
     let consumer = "jetline-backlog-backlog_out";
     let (code, figures) = status(&yaml, consumer).await;
     assert_eq!(
@@ -242,8 +255,9 @@ async fn a_backlog_shows_in_pending_and_lag_seconds_then_both_fall_to_zero_as_it
         "max_ack_pending delivered: {blocked:?}"
     );
     assert!(blocked.lag_seconds >= aged.as_secs_f64(), "{blocked:?}");
+    let first_selected = ignored + 1;
     assert!(
-        blocked.lag_seconds <= age_of_first_message(&js, "BACKLOG").await,
+        blocked.lag_seconds <= age_of_message(&js, "BACKLOG", first_selected).await,
         "{blocked:?}"
     );
     let page = scrape(port).await.expect("/metrics");
@@ -405,7 +419,8 @@ async fn a_real_prometheus_scrapes_lag_and_every_dashboard_and_alert_query_retur
         value(format!("jetline_consumer_lag_seconds{selector} >= 1")).await
     })
     .await;
-    assert!(lag <= age_of_first_message(&js, "PROM").await, "lag {lag}");
+    // Sequence 1 is the invalid event, dead-lettered at once.
+    assert!(lag <= age_of_message(&js, "PROM", 2).await, "lag {lag}");
     let waiting = value(format!(
         "jetline_consumer_pending_messages{selector} + jetline_consumer_ack_pending_messages{selector}"
     ))
