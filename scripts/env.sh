@@ -49,6 +49,8 @@ ensure_prometheus() {
     fi
     echo "Installing Prometheus from Debian's packages" >&2
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null
-    # The package starts a system service; the tests run their own.
-    (service prometheus stop || systemctl stop prometheus || pkill -x prometheus) >/dev/null 2>&1 || true
+    # The package may start a system service on :9090; the tests run their own
+    # on free ports. Stop the service, never by process name: that would also
+    # end Prometheus instances of tests running at the time.
+    (service prometheus stop || systemctl stop prometheus) >/dev/null 2>&1 || true
 }

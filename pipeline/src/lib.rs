@@ -11,7 +11,7 @@
 //! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
 //! - `dead_letter`: dead-letter reasons, headers and publishing.
 //! - `pipeline`: one consumer's loop, tying the above together.
-//! - `telemetry`: metric names, `/metrics`, `/healthz`, `/readyz`.
+//! - `telemetry`: metric names, the lag poller, `/metrics`, `/healthz`, `/readyz`.
 //! - `cli`: the operator commands.
 //!
 //! [`run`] starts it all and returns after `shutdown` once in-flight events settled.
@@ -145,6 +145,10 @@ pub async fn run_with(
     let readiness = Arc::new(Readiness::default());
     readiness.expect_consumers(config.pipelines.len());
     let handle = telemetry::install_recorder().map_err(RunError::Metrics)?;
+    // Exported as 0 from the start, so "never connected" shows on `/metrics`.
+    readiness.set_connected(false);
+    telemetry::register_sinks(config.sinks.keys());
+    let upkeep = tokio::spawn(telemetry::upkeep(handle.clone(), shutdown.clone()));
     let address = telemetry::serve(
         config.metrics.listen,
         handle,
@@ -193,6 +197,13 @@ pub async fn run_with(
         }
     }
     tracing::info!(consumers = config.pipelines.len(), "Jetline running");
+    let poller = tokio::spawn(telemetry::lag::poll(
+        jetstream.clone(),
+        config.pipelines.clone(),
+        config.metrics.lag_poll_interval,
+        Arc::clone(&readiness),
+        shutdown.clone(),
+    ));
 
     let mut first_error = None;
     while let Some(joined) = consumers.join_next().await {
@@ -208,6 +219,9 @@ pub async fn run_with(
             Err(join_error) => tracing::error!(error = %join_error, "Consumer task panicked"),
         }
     }
+    // Both hold nothing to settle.
+    poller.abort();
+    upkeep.abort();
     // Pending acks and nak's are flushed before the connection goes.
     let _ = client.flush().await;
     match first_error {

@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Command::Run(args) => run(&args.config),
         Command::Dlq { config, command } => dlq(&config.config, command),
         Command::Publish { config, args } => publish(&config.config, args),
+        Command::Status(args) => status(&args.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -75,6 +76,24 @@ fn publish(path: &std::path::Path, args: cli::publish::PublishArgs) -> Result<()
     let config = load(path)?;
     let output = runtime()?.block_on(cli::publish::run(config, args))?;
     print!("{output}");
+    Ok(())
+}
+
+/// Exits 1 when some consumer could not be read (its line says why).
+fn status(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    let statuses = runtime()?.block_on(cli::status::read(&config))?;
+    print!("{}", cli::status::table(&statuses));
+    let unreadable = statuses.iter().filter(|status| status.lag.is_err()).count();
+    if unreadable > 0 {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "{unreadable} of {} consumers could not be read",
+                statuses.len()
+            ),
+        });
+    }
     Ok(())
 }
 

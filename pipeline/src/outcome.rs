@@ -34,13 +34,15 @@ pub enum Outcome {
     },
 }
 
+const RETRIED: &str = "retried";
+
 impl Outcome {
     /// The label of `jetline_events_total{outcome}`.
     pub fn label(&self) -> &'static str {
         match self {
             Outcome::Applied => "applied",
             Outcome::Skipped => "skipped",
-            Outcome::Retry { .. } => "retried",
+            Outcome::Retry { .. } => RETRIED,
             Outcome::DeadLetter { .. } => "dead_lettered",
         }
     }
@@ -79,13 +81,32 @@ fn jittered(delay: Duration, jitter: f64) -> Duration {
 
 /// Where a settled delivery belongs, for the dead-letter entry and metrics.
 pub struct Settler<'a> {
+    pub source: &'a str,
     pub sink: &'a str,
     pub dead_letters: &'a DeadLetters,
 }
 
 impl Settler<'_> {
-    /// Carries out `outcome` on the source message.
-    pub async fn settle(&self, delivery: &Delivery, outcome: &Outcome) -> Completion {
+    /// Carries out `outcome` on the source message and counts what was done
+    /// in `jetline_events_total`.
+    pub async fn settle(
+        &self,
+        delivery: &Delivery,
+        event_type: &str,
+        outcome: &Outcome,
+    ) -> Completion {
+        let completion = self.carry_out(delivery, outcome).await;
+        let done = match (outcome, completion) {
+            // The dead letter could not be stored: the event was nak'd and
+            // comes back, so it counts as retried.
+            (Outcome::DeadLetter { .. }, Completion::Retrying) => RETRIED,
+            _ => outcome.label(),
+        };
+        telemetry::event(self.source, self.sink, event_type, done);
+        completion
+    }
+
+    async fn carry_out(&self, delivery: &Delivery, outcome: &Outcome) -> Completion {
         let result = match outcome {
             Outcome::Applied | Outcome::Skipped => delivery.acknowledge(AckKind::Ack).await,
             Outcome::Retry { after } => {

@@ -262,7 +262,7 @@ impl<S: Sink> Pipeline<S> {
                     None => self.router.wants_subject(&delivery.subject),
                 };
                 if !wanted {
-                    self.skip(&delivery, error.event_type().unwrap_or("unknown"))
+                    self.skip(&delivery, error.event_type().unwrap_or_default())
                         .await;
                     return;
                 }
@@ -273,14 +273,9 @@ impl<S: Sink> Pipeline<S> {
     }
 
     async fn skip(&self, delivery: &Delivery, event_type: &str) {
-        let outcome = Outcome::Skipped;
-        self.settler().settle(delivery, &outcome).await;
-        telemetry::event(
-            &self.spec.source,
-            &self.spec.sink,
-            self.known(event_type),
-            outcome.label(),
-        );
+        self.settler()
+            .settle(delivery, self.known(event_type), &Outcome::Skipped)
+            .await;
     }
 
     fn start_ready(
@@ -301,7 +296,7 @@ impl<S: Sink> Pipeline<S> {
     async fn process(&self, work: Work, dispatch: Dispatch) -> Completion {
         let (delivery, event_type, outcome) = match (work, dispatch) {
             (Work::Reject(delivery, error), _) => {
-                let event_type = error.event_type().unwrap_or("unknown").to_owned();
+                let event_type = error.event_type().unwrap_or_default().to_owned();
                 let outcome = Outcome::DeadLetter {
                     reason: error.reason(),
                     error: error.to_string(),
@@ -323,13 +318,10 @@ impl<S: Sink> Pipeline<S> {
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };
-        let completion = self.settler().settle(&delivery, &outcome).await;
-        telemetry::event(
-            &self.spec.source,
-            &self.spec.sink,
-            self.known(&event_type),
-            outcome.label(),
-        );
+        let completion = self
+            .settler()
+            .settle(&delivery, self.known(&event_type), &outcome)
+            .await;
         let parks = matches!(
             outcome,
             Outcome::DeadLetter {
@@ -387,6 +379,7 @@ impl<S: Sink> Pipeline<S> {
 
     fn settler(&self) -> Settler<'_> {
         Settler {
+            source: &self.spec.source,
             sink: &self.spec.sink,
             dead_letters: &self.dead_letters,
         }

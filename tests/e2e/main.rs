@@ -7,4 +7,5 @@ mod check;
 mod core;
 mod delivery;
 mod dlq;
+mod observability;
 mod packaging;

@@ -4,6 +4,7 @@ pub mod check;
 pub mod dlq;
 pub mod publish;
 pub mod run;
+pub mod status;
 
 use std::path::PathBuf;
 
@@ -49,6 +50,8 @@ pub enum Command {
         #[command(subcommand)]
         command: dlq::DlqCommand,
     },
+    /// Print each consumer's pending, ack pending, redelivered and lag in seconds.
+    Status(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]

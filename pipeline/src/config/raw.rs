@@ -311,7 +311,9 @@ pub struct MetricsConfig {
     /// Address of `/metrics`, `/healthz` and `/readyz`.
     #[serde(default = "default_metrics_listen")]
     pub listen: String,
-    /// How often consumer lag is read from the server.
+    /// How often consumer lag is read from the server: one consumer-info
+    /// request per consumer each time, plus one message read per filter
+    /// subject while the consumer is behind.
     #[serde(default = "default_lag_poll_interval", deserialize_with = "duration")]
     pub lag_poll_interval: Duration,
 }

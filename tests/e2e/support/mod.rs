@@ -6,6 +6,7 @@
 pub mod events;
 pub mod flaky;
 pub mod nats;
+pub mod prometheus;
 
 use std::{
     future::Future,
@@ -16,6 +17,7 @@ use std::{
 pub use events::*;
 pub use flaky::*;
 pub use nats::*;
+pub use prometheus::*;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -1,23 +1,25 @@
-//! Every metric name in one place, the helpers that record them, and the HTTP
-//! endpoints: `/metrics`, `/healthz`, `/readyz`.
+//! Every metric name in one place, with its help text and the helpers that
+//! record it; the lag poller (`lag.rs`) and the HTTP endpoints (`http.rs`).
 //!
-//! Labels are bounded (source, sink, event_type, reason, outcome): never a
-//! subject, key or event id.
+//! Labels are bounded (source, sink, consumer, event_type, reason, outcome):
+//! never a subject, key or event id.
+
+pub mod http;
+pub mod lag;
 
 use std::{
-    net::SocketAddr,
-    sync::{
-        Arc,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
-    },
+    sync::atomic::{AtomicBool, AtomicUsize, Ordering},
     time::Duration,
 };
 
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use tokio_util::sync::CancellationToken;
 
 use crate::dead_letter::DeadLetterReason;
+
+pub use http::serve;
+pub use lag::ConsumerLag;
 
 pub const EVENTS_TOTAL: &str = "jetline_events_total";
 pub const DEAD_LETTERS_TOTAL: &str = "jetline_dead_letters_total";
@@ -32,11 +34,64 @@ pub const CONSUMER_LAG_SECONDS: &str = "jetline_consumer_lag_seconds";
 pub const NATS_CONNECTED: &str = "jetline_nats_connected";
 pub const BUILD_INFO: &str = "jetline_build_info";
 
-/// Histogram buckets from 0.1 ms to 10 s.
-const LATENCY_BUCKETS: &[f64] = &[
+/// Buckets of `jetline_sink_duration_seconds`: 0.1 ms to 10 s.
+const SINK_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
+
+/// Buckets of `jetline_end_to_end_seconds`: 1 ms to 10 min, since an event
+/// waiting in a backlog is minutes old when it is applied.
+const END_TO_END_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
+
+/// Help text of every metric, shown as `# HELP` on `/metrics`.
+fn describe() {
+    describe_counter!(
+        EVENTS_TOTAL,
+        "Deliveries settled per consumer, by event type and outcome (applied, skipped, retried, dead_lettered)"
+    );
+    describe_counter!(
+        DEAD_LETTERS_TOTAL,
+        "Events stored in the dead-letter stream, by sink and reason"
+    );
+    describe_counter!(
+        VALIDATION_FAILURES_TOTAL,
+        "Deliveries whose envelope or payload failed validation, counted by each consumer that read them"
+    );
+    describe_counter!(
+        UPCASTS_TOTAL,
+        "Events upcast from one schema version to another"
+    );
+    describe_histogram!(
+        SINK_DURATION_SECONDS,
+        "Time a sink took to confirm (or refuse) one write"
+    );
+    describe_histogram!(
+        END_TO_END_SECONDS,
+        "Time from an event's publication in its source stream to its sink's confirmation"
+    );
+    describe_gauge!(
+        CONSUMER_PENDING_MESSAGES,
+        "Messages in the stream not yet delivered to the consumer"
+    );
+    describe_gauge!(
+        CONSUMER_ACK_PENDING_MESSAGES,
+        "Messages delivered to the consumer and not yet acknowledged"
+    );
+    describe_gauge!(
+        CONSUMER_REDELIVERED_MESSAGES,
+        "Messages delivered more than once and not yet acknowledged"
+    );
+    describe_gauge!(
+        CONSUMER_LAG_SECONDS,
+        "Age of the oldest event the consumer's sink has not applied (0 when caught up)"
+    );
+    describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, 0 otherwise");
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+}
 
 pub fn event(source: &str, sink: &str, event_type: &str, outcome: &'static str) {
     counter!(EVENTS_TOTAL, "source" => source.to_owned(), "sink" => sink.to_owned(),
@@ -47,6 +102,20 @@ pub fn event(source: &str, sink: &str, event_type: &str, outcome: &'static str) 
 pub fn dead_lettered(sink: &str, reason: DeadLetterReason) {
     counter!(DEAD_LETTERS_TOTAL, "sink" => sink.to_owned(), "reason" => reason.as_str())
         .increment(1);
+}
+
+/// Exports each sink's dead-letter counters (every reason) and histograms
+/// from start-up, at 0: `rate()` and `increase()` see the first event of a
+/// series only when the series existed before it.
+pub fn register_sinks<'a>(sinks: impl IntoIterator<Item = &'a String>) {
+    for sink in sinks {
+        for reason in DeadLetterReason::ALL {
+            counter!(DEAD_LETTERS_TOTAL, "sink" => sink.clone(), "reason" => reason.as_str())
+                .increment(0);
+        }
+        let _ = histogram!(SINK_DURATION_SECONDS, "sink" => sink.clone());
+        let _ = histogram!(END_TO_END_SECONDS, "sink" => sink.clone());
+    }
 }
 
 pub fn validation_failure(source: &str, reason: DeadLetterReason) {
@@ -70,15 +139,6 @@ pub fn end_to_end(sink: &str, seconds: f64) {
 
 pub fn nats_connected(connected: bool) {
     gauge!(NATS_CONNECTED).set(if connected { 1.0 } else { 0.0 });
-}
-
-/// The lag figures of one consumer, as read from the server.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ConsumerLag {
-    pub pending: u64,
-    pub ack_pending: u64,
-    pub redelivered: u64,
-    pub lag_seconds: f64,
 }
 
 pub fn consumer_lag(source: &str, sink: &str, consumer: &str, lag: ConsumerLag) {
@@ -138,61 +198,30 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
         return Ok(handle.clone());
     }
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+        .set_buckets_for_metric(Matcher::Full(SINK_DURATION_SECONDS.into()), SINK_BUCKETS)
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(END_TO_END_SECONDS.into()),
+                END_TO_END_BUCKETS,
+            )
+        })
         .map_err(|err| err.to_string())?
         .install_recorder()
         .map_err(|err| err.to_string())?;
+    describe();
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
-#[derive(Clone)]
-struct Endpoints {
-    handle: PrometheusHandle,
-    readiness: Arc<Readiness>,
-}
-
-/// Serves `/metrics`, `/healthz` and `/readyz` until `shutdown`.
-pub async fn serve(
-    listen: SocketAddr,
-    handle: PrometheusHandle,
-    readiness: Arc<Readiness>,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<SocketAddr> {
-    let listener = tokio::net::TcpListener::bind(listen).await?;
-    let address = listener.local_addr()?;
-    let app = Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(ready))
-        .with_state(Endpoints { handle, readiness });
-    tokio::spawn(async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(error = %error, "Metrics endpoint stopped");
+/// Drains recorded histogram samples into their buckets every few seconds
+/// until `shutdown`: without it, samples pile up in memory between scrapes,
+/// and forever when nothing scrapes.
+pub async fn upkeep(handle: PrometheusHandle, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => handle.run_upkeep(),
         }
-    });
-    Ok(address)
-}
-
-async fn metrics_page(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        endpoints.handle.render(),
-    )
-}
-
-async fn ready(State(endpoints): State<Endpoints>) -> impl IntoResponse {
-    match endpoints.readiness.check() {
-        Ok(()) => (
-            StatusCode::OK,
-            axum::Json(serde_json::json!({ "ready": true })),
-        ),
-        Err(reason) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({ "ready": false, "reason": reason })),
-        ),
     }
 }
