@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod run;
+pub mod upcast;
 
 use std::path::PathBuf;
 
@@ -33,6 +34,8 @@ pub enum Command {
     Run(ConfigArg),
     /// Check the configuration, schemas and routes without connecting to NATS.
     Check(ConfigArg),
+    /// Upcast one JSON event (envelope or payload) from standard input and print it.
+    Upcast(upcast::UpcastArgs),
 }
 
 #[derive(Debug, clap::Args)]
