@@ -1105,3 +1105,540 @@ fn check_pins(
         }
     }
 }
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::{path::Path, sync::Arc};
+
+    use prost_reflect::Value;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{
+        config::{load_str, raw::SchemasConfig},
+        upcast::{Problem, Record, StepError, UpcastError},
+    };
+
+    const SHOP_V1: &str = r#"
+syntax = "proto3";
+package shop.v1;
+enum Status { STATUS_UNSPECIFIED = 0; STATUS_OPEN = 1; STATUS_PAID = 2; STATUS_VOID = 3; }
+message Address { string street = 1; string town = 2; }
+message Item { string sku = 1; double price = 2; int32 count = 3; }
+message Order {
+  string id = 1;
+  double total = 2;
+  string amount_text = 3;
+  Status status = 4;
+  string state = 5;
+  Address address = 6;
+  repeated Item items = 7;
+  map<string, string> labels = 8;
+  int64 big = 9;
+  repeated double prices = 10;
+  bool flag = 11;
+  string note = 12;
+}
+"#;
+
+    const SHOP_V2: &str = r#"
+syntax = "proto3";
+package shop.v2;
+enum Status { STATUS_UNSPECIFIED = 0; STATUS_OPEN = 1; STATUS_SETTLED = 2; STATUS_VOID = 3; }
+message Address { string street = 1; string city = 2; string country = 3; }
+message Item { string sku = 1; int64 price_cents = 2; int32 count = 3; }
+message Order {
+  string id = 1;
+  int64 total_cents = 2;
+  double amount = 3;
+  Status status = 4;
+  Status state = 5;
+  Address shipping = 6;
+  repeated Item items = 7;
+  map<string, string> labels = 8;
+  int32 big = 9;
+  repeated string prices = 10;
+  bool flag = 11;
+  string currency = 13;
+  optional string comment = 14;
+}
+"#;
+
+    /// A schema directory with `shop.Order` v1 and v2, which between them
+    /// need every step kind: nested, repeated, enum, map and scalar changes.
+    pub(crate) fn shop_schemas() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("temporary schema dir");
+        for (version, text) in [("v1", SHOP_V1), ("v2", SHOP_V2)] {
+            let folder = dir.path().join("shop").join(version);
+            std::fs::create_dir_all(&folder).expect("schema folder");
+            std::fs::write(folder.join("shop.proto"), text).expect("schema written");
+        }
+        dir
+    }
+
+    pub(crate) fn shop_chain() -> serde_json::Value {
+        json!([{
+            "from": 1, "to": 2, "steps": [
+                { "convert": { "field": "total", "to": "int64", "multiply": 100, "rename_to": "total_cents" } },
+                { "convert": { "field": "amount_text", "to": "double", "rename_to": "amount" } },
+                { "map_values": { "field": "status", "values": { "STATUS_PAID": "STATUS_SETTLED" } } },
+                { "map_values": { "field": "state", "values": { "open": "STATUS_OPEN", "paid": "STATUS_SETTLED" }, "unmapped": "fail" } },
+                { "rename": { "from": "address", "to": "shipping" } },
+                { "rename": { "from": "shipping.town", "to": "shipping.city" } },
+                { "set_default": { "field": "shipping.country", "value": "NO" } },
+                { "convert": { "field": "items.price", "to": "int64", "multiply": 100, "rename_to": "price_cents" } },
+                { "convert": { "field": "big", "to": "int32" } },
+                { "convert": { "field": "prices", "to": "string" } },
+                { "set": { "field": "currency", "value": "EUR" } },
+                { "remove": { "field": "note" } }
+            ]
+        }])
+    }
+
+    fn config(schemas: &Path, upcasters: &serde_json::Value, pin: Option<u32>) -> Config {
+        let pin = pin
+            .map(|pin| format!(", schema_version: {pin}"))
+            .unwrap_or_default();
+        let yaml = format!(
+            "nats: {{ url: x }}\nschemas: {{ dir: \"{}\" }}\nsources: {{ s: {{ stream: S }} }}\n\
+             sinks: {{ out: {{ type: jetstream, subject: out{pin} }} }}\n\
+             routes: [ {{ name: r, from: s, to: [out] }} ]\nupcasters: {upcasters}\n",
+            schemas.display()
+        );
+        load_str(&yaml).unwrap_or_else(|errors| panic!("valid config: {errors}"))
+    }
+
+    fn registry(schemas: &Path) -> SchemaRegistry {
+        SchemaRegistry::load(&SchemasConfig {
+            dir: schemas.to_path_buf(),
+            ..SchemasConfig::default()
+        })
+        .expect("test schemas compile")
+    }
+
+    fn build_shop(
+        chain: serde_json::Value,
+        code: &CodeSteps,
+    ) -> Result<Upcasters, Vec<ConfigError>> {
+        let schemas = shop_schemas();
+        let config = config(schemas.path(), &json!({ "shop.Order": chain }), None);
+        build(&config, &registry(schemas.path()), code)
+    }
+
+    fn shop_v1(schemas: &Path, payload: serde_json::Value) -> DynamicMessage {
+        let descriptor = registry(schemas)
+            .resolve("shop.Order", 1)
+            .expect("v1")
+            .clone();
+        DynamicMessage::deserialize(descriptor, payload).expect("valid v1 payload")
+    }
+
+    #[test]
+    fn every_step_kind_brings_a_rich_event_to_the_next_version() {
+        let schemas = shop_schemas();
+        let config = config(schemas.path(), &json!({ "shop.Order": shop_chain() }), None);
+        let upcasters = build(&config, &registry(schemas.path()), &CodeSteps::default())
+            .unwrap_or_else(|errors| panic!("the shop chain is valid: {errors:?}"));
+        assert_eq!(upcasters.warnings(), &[]);
+        let v1 = shop_v1(
+            schemas.path(),
+            json!({
+                "id": "o1", "total": 12.345, "amountText": "7.5", "status": "STATUS_PAID",
+                "state": "paid", "address": { "street": "Main 1", "town": "Oslo" },
+                "items": [{ "sku": "a", "price": 1.005, "count": 2 }, { "sku": "b", "price": 2 }],
+                "labels": { "k": "v" }, "big": "42", "prices": [1.5, 2], "flag": true, "note": "x"
+            }),
+        );
+        let v2 = upcasters
+            .upcast_payload("shop.Order", 1, 2, v1)
+            .expect("upcasts");
+        assert_eq!(
+            serde_json::to_value(&v2).expect("json"),
+            json!({
+                "id": "o1", "totalCents": "1235", "amount": 7.5, "status": "STATUS_SETTLED",
+                "state": "STATUS_SETTLED",
+                "shipping": { "street": "Main 1", "city": "Oslo", "country": "NO" },
+                "items": [{ "sku": "a", "priceCents": "101", "count": 2 }, { "sku": "b", "priceCents": "200" }],
+                "labels": { "k": "v" }, "big": 42, "prices": ["1.5", "2"], "flag": true,
+                "currency": "EUR"
+            })
+        );
+    }
+
+    #[test]
+    fn a_value_a_step_cannot_take_names_type_hop_step_and_field() {
+        let schemas = shop_schemas();
+        let config = config(schemas.path(), &json!({ "shop.Order": shop_chain() }), None);
+        let upcasters =
+            build(&config, &registry(schemas.path()), &CodeSteps::default()).expect("valid");
+        let cases = [
+            (json!({ "state": "refunded" }), 3, "state", "unmapped"),
+            (
+                json!({ "amountText": "lots" }),
+                1,
+                "amount_text",
+                "not a number",
+            ),
+            (json!({ "big": "9000000000" }), 8, "big", "out of range"),
+            (json!({ "total": 1e300 }), 0, "total", "out of range"),
+        ];
+        for (payload, step, field, kind) in cases {
+            let error = upcasters
+                .upcast_payload("shop.Order", 1, 2, shop_v1(schemas.path(), payload))
+                .expect_err(kind);
+            let UpcastError::Step(failure) = &error else {
+                panic!("{kind}: a step error, got {error}");
+            };
+            assert_eq!(
+                (
+                    failure.event_type.as_str(),
+                    failure.from,
+                    failure.to,
+                    failure.step
+                ),
+                ("shop.Order", 1, 2, step),
+                "{error}"
+            );
+            assert_eq!(failure.field, field, "{error}");
+            let matches_kind = match kind {
+                "unmapped" => matches!(failure.problem, Problem::Unmapped { .. }),
+                "not a number" => matches!(failure.problem, Problem::NotANumber { .. }),
+                _ => matches!(failure.problem, Problem::OutOfRange { .. }),
+            };
+            assert!(matches_kind, "{kind}: {error}");
+        }
+    }
+
+    /// Replaces step `index` of the shop chain (or removes it with `Null`).
+    fn shop_with(index: usize, step: serde_json::Value) -> serde_json::Value {
+        let mut chain = shop_chain();
+        let steps = chain[0]["steps"].as_array_mut().expect("steps");
+        if step.is_null() {
+            steps.remove(index);
+        } else {
+            steps[index] = step;
+        }
+        chain
+    }
+
+    #[test]
+    fn every_structural_mistake_is_an_error_at_its_key() {
+        let hop = |from: u32, to: u32| json!({ "from": from, "to": to, "steps": shop_chain()[0]["steps"].clone() });
+        let cases: Vec<(&str, serde_json::Value, &str)> = vec![
+            (
+                "unknown version",
+                json!([hop(1, 3)]),
+                "upcasters.shop.Order[0].to",
+            ),
+            (
+                "backward hop",
+                json!([hop(1, 2), { "from": 2, "to": 1 }]),
+                "upcasters.shop.Order[1].to",
+            ),
+            (
+                "second hop from a version",
+                json!([hop(1, 2), hop(1, 2)]),
+                "upcasters.shop.Order[1].from",
+            ),
+            ("gap", json!([]), "upcasters.shop.Order"),
+            (
+                "unknown step kind",
+                shop_with(0, json!({ "renam": { "from": "a", "to": "b" } })),
+                "upcasters.shop.Order[0].steps[0]",
+            ),
+            (
+                "unknown key",
+                shop_with(
+                    4,
+                    json!({ "rename": { "from": "address", "to": "shipping", "too": 1 } }),
+                ),
+                "upcasters.shop.Order[0].steps[4].rename.too",
+            ),
+            (
+                "missing field",
+                shop_with(
+                    4,
+                    json!({ "rename": { "from": "adress", "to": "shipping" } }),
+                ),
+                "upcasters.shop.Order[0].steps[4].rename.from",
+            ),
+            (
+                "bad path",
+                shop_with(
+                    4,
+                    json!({ "rename": { "from": "address..x", "to": "shipping" } }),
+                ),
+                "upcasters.shop.Order[0].steps[4].rename.from",
+            ),
+            (
+                "path into a scalar",
+                shop_with(11, json!({ "remove": { "field": "note.x" } })),
+                "upcasters.shop.Order[0].steps[11].remove.field",
+            ),
+            (
+                "path into a map",
+                shop_with(11, json!({ "remove": { "field": "labels.k" } })),
+                "upcasters.shop.Order[0].steps[11].remove.field",
+            ),
+            (
+                "destination not in target",
+                shop_with(
+                    4,
+                    json!({ "rename": { "from": "address", "to": "delivery" } }),
+                ),
+                "upcasters.shop.Order[0].steps[4].rename.to",
+            ),
+            (
+                "destination occupied",
+                shop_with(11, json!({ "rename": { "from": "note", "to": "id" } })),
+                "upcasters.shop.Order[0].steps[11].rename.to",
+            ),
+            (
+                "move across elements",
+                shop_with(11, json!({ "copy": { "from": "items.sku", "to": "note" } })),
+                "upcasters.shop.Order[0].steps[11].copy.to",
+            ),
+            (
+                "convert a bool",
+                shop_with(8, json!({ "convert": { "field": "flag", "to": "int32" } })),
+                "upcasters.shop.Order[0].steps[8].convert.field",
+            ),
+            (
+                "convert to the wrong type",
+                shop_with(8, json!({ "convert": { "field": "big", "to": "string" } })),
+                "upcasters.shop.Order[0].steps[8].convert.to",
+            ),
+            (
+                "rounding a double",
+                shop_with(
+                    1,
+                    json!({ "convert": { "field": "amount_text", "to": "double", "round": "floor", "rename_to": "amount" } }),
+                ),
+                "upcasters.shop.Order[0].steps[1].convert.round",
+            ),
+            (
+                "rename_to elsewhere",
+                shop_with(
+                    1,
+                    json!({ "convert": { "field": "amount_text", "to": "double", "rename_to": "x.amount" } }),
+                ),
+                "upcasters.shop.Order[0].steps[1].convert.rename_to",
+            ),
+            (
+                "unknown rounding",
+                shop_with(
+                    0,
+                    json!({ "convert": { "field": "total", "to": "int64", "round": "up" } }),
+                ),
+                "upcasters.shop.Order[0].steps[0].convert.round",
+            ),
+            (
+                "enum value not in source",
+                shop_with(
+                    2,
+                    json!({ "map_values": { "field": "status", "values": { "STATUS_GONE": "STATUS_VOID" } } }),
+                ),
+                "upcasters.shop.Order[0].steps[2].map_values.values.STATUS_GONE",
+            ),
+            (
+                "enum value not in target",
+                shop_with(
+                    2,
+                    json!({ "map_values": { "field": "status", "values": { "STATUS_PAID": "STATUS_GONE" } } }),
+                ),
+                "upcasters.shop.Order[0].steps[2].map_values.values.STATUS_PAID",
+            ),
+            (
+                "map_values on a number",
+                shop_with(
+                    8,
+                    json!({ "map_values": { "field": "big", "values": { "1": "2" } } }),
+                ),
+                "upcasters.shop.Order[0].steps[8].map_values.field",
+            ),
+            (
+                "value of the wrong type",
+                shop_with(10, json!({ "set": { "field": "currency", "value": [1] } })),
+                "upcasters.shop.Order[0].steps[10].set.value",
+            ),
+            (
+                "null value",
+                shop_with(
+                    10,
+                    json!({ "set_default": { "field": "currency", "value": null } }),
+                ),
+                "upcasters.shop.Order[0].steps[10].set_default.value",
+            ),
+            (
+                "field in neither schema",
+                shop_with(10, json!({ "set": { "field": "curency", "value": "EUR" } })),
+                "upcasters.shop.Order[0].steps[10].set.field",
+            ),
+            (
+                "leftover field",
+                shop_with(11, serde_json::Value::Null),
+                "upcasters.shop.Order[0]",
+            ),
+            (
+                "unregistered code step",
+                shop_with(11, json!({ "code": "drop_note" })),
+                "upcasters.shop.Order[0].steps[11].code",
+            ),
+        ];
+        for (name, chain, path) in cases {
+            let errors = build_shop(chain, &CodeSteps::default())
+                .err()
+                .unwrap_or_else(|| panic!("{name}: expected an error"));
+            assert!(
+                errors.iter().any(|error| error.path == path),
+                "{name}: expected {path}, got {errors:?}"
+            );
+        }
+        let schemas = shop_schemas();
+        let unknown = config(schemas.path(), &json!({ "shop.Nope": [] }), None);
+        let errors = build(&unknown, &registry(schemas.path()), &CodeSteps::default())
+            .expect_err("unknown event type");
+        assert_eq!(errors[0].path, "upcasters.shop.Nope");
+    }
+
+    #[test]
+    fn changes_no_step_covers_are_warnings() {
+        let warned = |chain: serde_json::Value, needle: &str| {
+            let upcasters = build_shop(chain, &CodeSteps::default())
+                .unwrap_or_else(|errors| panic!("{needle}: still valid, got {errors:?}"));
+            assert!(
+                upcasters
+                    .warnings()
+                    .iter()
+                    .any(|warning| warning.path == "upcasters.shop.Order[0]"
+                        && warning.message.contains(needle)),
+                "{needle}: {:?}",
+                upcasters.warnings()
+            );
+        };
+        warned(
+            shop_with(8, serde_json::Value::Null),
+            "field big is int64 here but int32",
+        );
+        warned(
+            shop_with(10, serde_json::Value::Null),
+            "field currency is new in v2",
+        );
+        warned(shop_with(2, serde_json::Value::Null), "STATUS_PAID");
+        warned(
+            shop_with(6, serde_json::Value::Null),
+            "field shipping.country is new in v2",
+        );
+
+        let schemas = crate::envelope::tests::example_decoder().registry().clone();
+        let mut config = config(
+            Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas")),
+            &json!({}),
+            None,
+        );
+        config.upcasters.clear();
+        let upcasters =
+            build(&config, &schemas, &CodeSteps::default()).expect("no chains is valid");
+        assert!(
+            upcasters
+                .warnings()
+                .iter()
+                .any(|warning| warning.path == "upcasters"
+                    && warning.message.contains("orders.OrderCreated"))
+        );
+    }
+
+    struct UppercaseId;
+
+    impl Upcaster for UppercaseId {
+        fn apply(&self, payload: &mut Record) -> Result<(), StepError> {
+            let Some(id) = payload.get("id").and_then(|id| id.as_str()) else {
+                return Ok(());
+            };
+            if id.is_empty() || !id.is_ascii() {
+                return Err(StepError::new(
+                    "id",
+                    Problem::Other("not an ascii id".into()),
+                ));
+            }
+            let upper = id.to_ascii_uppercase();
+            payload.set("id", Value::String(upper));
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "upper-cases id".into()
+        }
+
+        fn effects(&self) -> Vec<Effect> {
+            vec![Effect::Reads("id".into()), Effect::Writes("id".into())]
+        }
+    }
+
+    #[test]
+    fn code_steps_run_through_the_same_trait() {
+        let mut code = CodeSteps::default();
+        code.register("uppercase_id", UppercaseId);
+        let mut chain = shop_chain();
+        chain[0]["steps"]
+            .as_array_mut()
+            .expect("steps")
+            .push(json!({ "code": "uppercase_id" }));
+        let schemas = shop_schemas();
+        let config = config(schemas.path(), &json!({ "shop.Order": chain }), None);
+        let upcasters = build(&config, &registry(schemas.path()), &code).expect("valid");
+        let hops = upcasters.chains();
+        assert_eq!(
+            hops["shop.Order"][0].describe().last().map(String::as_str),
+            Some("code uppercase_id: upper-cases id")
+        );
+        let v2 = upcasters
+            .upcast_payload(
+                "shop.Order",
+                1,
+                2,
+                shop_v1(schemas.path(), json!({ "id": "ab-1" })),
+            )
+            .expect("upcasts");
+        assert_eq!(serde_json::to_value(&v2).expect("json")["id"], "AB-1");
+        let error = upcasters
+            .upcast_payload(
+                "shop.Order",
+                1,
+                2,
+                shop_v1(schemas.path(), json!({ "id": "å" })),
+            )
+            .expect_err("the code step refuses");
+        assert!(
+            matches!(&error, UpcastError::Step(failure) if failure.kind == "code" && failure.step == 12),
+            "{error}"
+        );
+        let _: Arc<dyn Upcaster> = Arc::new(UppercaseId);
+    }
+
+    #[test]
+    fn a_pin_is_a_ceiling_that_no_hop_may_jump() {
+        let schemas = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../schemas"));
+        let registry = registry(schemas);
+        let skipping = json!({ "orders.OrderCreated": [
+            { "from": 1, "to": 3, "steps": [
+                { "rename": { "from": "total", "to": "total_amount_cents" } }
+            ] },
+            { "from": 2, "to": 3, "steps": [
+                { "convert": { "field": "total_amount", "to": "int64", "multiply": 100, "rename_to": "total_amount_cents" } }
+            ] }
+        ] });
+        let errors = build(
+            &config(schemas, &skipping, Some(2)),
+            &registry,
+            &CodeSteps::default(),
+        )
+        .expect_err("a hop from v1 to v3 jumps the pin");
+        assert!(
+            errors
+                .iter()
+                .any(|error| error.path == "sinks.out.schema_version"),
+            "{errors:?}"
+        );
+    }
+}

@@ -364,3 +364,180 @@ fn apply_hop(
         }))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::LazyLock;
+
+    use proptest::prelude::*;
+    use prost::Message as _;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{Prepared, envelope::CONTENT_TYPE_JSON};
+
+    /// The shipped example configuration, prepared: its chain is the one tested.
+    static EXAMPLE: LazyLock<Prepared> = LazyLock::new(|| {
+        let path = std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../config/jetline.yaml"
+        ));
+        let config = crate::config::load(path).expect("the example config loads");
+        crate::prepare(config).expect("the example config prepares")
+    });
+
+    fn created(version: u32, payload: serde_json::Value) -> Envelope {
+        let document = json!({
+            "eventId": "e-1", "eventType": "orders.OrderCreated", "schemaVersion": version,
+            "aggregateId": "o-1", "occurredAt": "2026-01-02T03:04:05Z", "payload": payload
+        });
+        EXAMPLE
+            .decoder
+            .decode(
+                Some(CONTENT_TYPE_JSON),
+                &serde_json::to_vec(&document).expect("json"),
+            )
+            .expect("a valid example event")
+    }
+
+    fn payload_json(envelope: &Envelope) -> serde_json::Value {
+        serde_json::to_value(&envelope.payload).expect("json")
+    }
+
+    #[test]
+    fn the_example_chain_brings_every_version_to_v3_with_the_same_content() {
+        let items = json!([{ "sku": "a", "quantity": 2, "unitPrice": 1.25 }]);
+        let expected = json!({
+            "orderId": "o-1", "customerId": "c-1", "totalAmountCents": "1235",
+            "currency": "USD", "items": items
+        });
+        let events = [
+            created(
+                1,
+                json!({ "orderId": "o-1", "customerId": "c-1", "total": 12.345, "items": items }),
+            ),
+            created(
+                2,
+                json!({ "orderId": "o-1", "customerId": "c-1", "totalAmount": 12.345, "currency": "USD", "items": items }),
+            ),
+            created(3, expected.clone()),
+        ];
+        for (index, mut envelope) in events.into_iter().enumerate() {
+            let from = envelope.schema_version;
+            let upcast = EXAMPLE
+                .upcasters
+                .upcast(&mut envelope, None)
+                .expect("upcasts");
+            assert_eq!(upcast, (from < 3).then_some((from, 3)), "event {index}");
+            assert_eq!(envelope.schema_version, 3);
+            assert_eq!(payload_json(&envelope), expected, "event {index}");
+        }
+        let mut euro = created(2, json!({ "totalAmount": 1.5, "currency": "EUR" }));
+        EXAMPLE.upcasters.upcast(&mut euro, None).expect("upcasts");
+        assert_eq!(
+            payload_json(&euro),
+            json!({ "totalAmountCents": "150", "currency": "EUR" })
+        );
+    }
+
+    #[test]
+    fn a_pin_delivers_each_type_at_its_newest_version_not_above_it() {
+        let upcasters = &EXAMPLE.upcasters;
+        let mut v1 = created(1, json!({ "total": 2.5 }));
+        assert_eq!(upcasters.upcast(&mut v1, Some(2)), Ok(Some((1, 2))));
+        assert_eq!(
+            payload_json(&v1),
+            json!({ "totalAmount": 2.5, "currency": "USD" })
+        );
+        let mut v3 = created(3, json!({ "totalAmountCents": "250" }));
+        assert!(matches!(
+            upcasters.upcast(&mut v3, Some(2)),
+            Err(UpcastError::AboveTarget {
+                version: 3,
+                target: 2,
+                ..
+            })
+        ));
+        // A type with no version 2 is delivered at the newest below the pin.
+        assert_eq!(
+            upcasters.target_version("orders.OrderShipped", Some(2)),
+            Ok(1)
+        );
+        assert_eq!(
+            upcasters.target_version("orders.OrderCreated", Some(9)),
+            Ok(3)
+        );
+    }
+
+    fn v1_payload() -> impl Strategy<Value = DynamicMessage> {
+        let item = ("[a-z0-9]{0,8}", any::<u32>(), any::<f64>());
+        (
+            ".{0,12}",
+            ".{0,12}",
+            prop_oneof![any::<f64>(), -1e6..1e6f64, Just(0.0), Just(1.005)],
+            proptest::collection::vec(item, 0..4),
+        )
+            .prop_map(|(order_id, customer_id, total, items)| {
+                let descriptor = EXAMPLE
+                    .decoder
+                    .registry()
+                    .resolve("orders.OrderCreated", 1)
+                    .expect("v1")
+                    .clone();
+                let item_descriptor = descriptor
+                    .get_field_by_name("items")
+                    .and_then(|field| field.kind().as_message().cloned())
+                    .expect("line items");
+                let mut message = DynamicMessage::new(descriptor);
+                message.set_field_by_name("order_id", prost_reflect::Value::String(order_id));
+                message.set_field_by_name("customer_id", prost_reflect::Value::String(customer_id));
+                message.set_field_by_name("total", prost_reflect::Value::F64(total));
+                let items = items
+                    .into_iter()
+                    .map(|(sku, quantity, unit_price)| {
+                        let mut item = DynamicMessage::new(item_descriptor.clone());
+                        item.set_field_by_name("sku", prost_reflect::Value::String(sku));
+                        item.set_field_by_name("quantity", prost_reflect::Value::U32(quantity));
+                        item.set_field_by_name("unit_price", prost_reflect::Value::F64(unit_price));
+                        prost_reflect::Value::Message(item)
+                    })
+                    .collect();
+                message.set_field_by_name("items", prost_reflect::Value::List(items));
+                message
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn a_valid_v1_event_becomes_a_valid_v3_event_or_a_clear_error(payload in v1_payload()) {
+            let total = payload.get_field_by_name("total").and_then(|v| v.as_f64()).unwrap_or_default();
+            let v3 = EXAMPLE.decoder.registry().resolve("orders.OrderCreated", 3).expect("v3").clone();
+            match EXAMPLE.upcasters.upcast_payload("orders.OrderCreated", 1, 3, payload) {
+                Ok(message) => {
+                    prop_assert_eq!(message.descriptor(), v3.clone());
+                    let bytes = message.encode_to_vec();
+                    let decoded = DynamicMessage::decode(v3, bytes.as_slice()).expect("valid v3 bytes");
+                    prop_assert_eq!(decoded.encode_to_vec(), bytes);
+                    let cents = message.get_field_by_name("total_amount_cents").and_then(|v| v.as_i64()).unwrap_or_default();
+                    prop_assert!((cents as f64 - total * 100.0).abs() <= 0.5 + total.abs() * 1e-12, "{} -> {}", total, cents);
+                    let currency = message.get_field_by_name("currency").map(|v| v.as_str().unwrap_or_default().to_owned());
+                    prop_assert_eq!(currency.as_deref(), Some("USD"));
+                }
+                Err(UpcastError::Step(failure)) => {
+                    // Only a total that has no int64 cents fails, at the convert.
+                    prop_assert_eq!((failure.from, failure.to, failure.step, failure.field.as_str()), (2, 3, 0, "total_amount"));
+                    prop_assert!(!total.is_finite() || (total * 100.0).abs() >= 9.2e18, "{}", total);
+                }
+                Err(other) => prop_assert!(false, "unexpected {}", other),
+            }
+        }
+
+        #[test]
+        fn arbitrary_v1_bytes_never_panic(body in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let v1 = EXAMPLE.decoder.registry().resolve("orders.OrderCreated", 1).expect("v1").clone();
+            if let Ok(payload) = DynamicMessage::decode(v1, body.as_slice()) {
+                let _ = EXAMPLE.upcasters.upcast_payload("orders.OrderCreated", 1, 3, payload);
+            }
+        }
+    }
+}

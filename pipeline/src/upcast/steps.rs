@@ -11,7 +11,10 @@
 use std::{collections::BTreeMap, collections::HashMap, fmt, io::Write as _, str::FromStr as _};
 
 use prost_reflect::{EnumDescriptor, Value};
-use rust_decimal::{Decimal, RoundingStrategy, prelude::ToPrimitive as _};
+use rust_decimal::{
+    Decimal, RoundingStrategy,
+    prelude::{FromPrimitive as _, ToPrimitive as _},
+};
 use serde::Deserialize;
 
 use super::{Field, Problem, Record, Segment, StepError, Upcaster, record::value_type_name};
@@ -576,7 +579,8 @@ fn float_value(double: f64, to: ScalarType) -> Result<Value, Problem> {
     }
 }
 
-/// A finite double as the decimal of its shortest representation.
+/// A finite double as the decimal of its shortest representation (at most 28
+/// decimal places).
 fn decimal_of_double(double: f64) -> Result<Decimal, Problem> {
     if !double.is_finite() {
         return Err(Problem::NotANumber {
@@ -593,7 +597,15 @@ fn decimal_of_double(double: f64) -> Result<Decimal, Problem> {
     if !written || text.is_empty() {
         return Err(out_of_range(&double.to_string(), "decimal"));
     }
-    Decimal::from_scientific(text).map_err(|_| out_of_range(text, "decimal"))
+    Decimal::from_scientific(text)
+        .ok()
+        // More than 28 decimal places (below about 1e-13): rounded to 28.
+        .or_else(|| {
+            (double.abs() < 1.0)
+                .then(|| Decimal::from_f64(double))
+                .flatten()
+        })
+        .ok_or_else(|| out_of_range(text, "decimal"))
 }
 
 /// A decimal from text: `12.50`, `-3`, `1.5e3`. No spaces, no `inf`/`NaN`.
@@ -748,5 +760,565 @@ impl Upcaster for Code {
 impl fmt::Debug for Code {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.describe())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost_reflect::{DynamicMessage, ReflectMessage as _};
+    use serde_json::json;
+
+    use super::*;
+    use crate::upcast::Segment;
+
+    fn conversion(to: ScalarType, multiply: Option<&str>, round: Rounding) -> Conversion {
+        Conversion {
+            to,
+            multiply: multiply.and_then(parse_decimal),
+            round,
+        }
+    }
+
+    #[test]
+    fn conversions_scale_in_decimal_and_round_as_stated() {
+        use Rounding::*;
+        use ScalarType::*;
+        let ok = |value: Value| -> Result<Value, &'static str> { Ok(value) };
+        type Case = (
+            Value,
+            ScalarType,
+            Option<&'static str>,
+            Rounding,
+            Result<Value, &'static str>,
+        );
+        let cases: Vec<Case> = vec![
+            // 1.005 is 1.00499999999999989... in binary; read as its shortest form.
+            (
+                Value::F64(1.005),
+                Int64,
+                Some("100"),
+                HalfAwayFromZero,
+                ok(Value::I64(101)),
+            ),
+            (
+                Value::F64(19.99),
+                Int64,
+                Some("100"),
+                Exact,
+                ok(Value::I64(1999)),
+            ),
+            (
+                Value::F64(0.125),
+                Int64,
+                Some("100"),
+                HalfAwayFromZero,
+                ok(Value::I64(13)),
+            ),
+            (
+                Value::F64(0.125),
+                Int64,
+                Some("100"),
+                HalfEven,
+                ok(Value::I64(12)),
+            ),
+            (
+                Value::F64(-2.5),
+                Int32,
+                None,
+                HalfAwayFromZero,
+                ok(Value::I32(-3)),
+            ),
+            (Value::F64(-2.5), Int32, None, HalfEven, ok(Value::I32(-2))),
+            (
+                Value::F64(-2.7),
+                Int32,
+                None,
+                TowardZero,
+                ok(Value::I32(-2)),
+            ),
+            (Value::F64(-2.2), Int32, None, Floor, ok(Value::I32(-3))),
+            (Value::F64(2.2), Int32, None, Ceiling, ok(Value::I32(3))),
+            (Value::F64(2.5), Int32, None, Exact, Err("inexact")),
+            (
+                Value::F64(1234.0),
+                Double,
+                Some("0.01"),
+                HalfAwayFromZero,
+                ok(Value::F64(12.34)),
+            ),
+            (
+                Value::String("12.50".into()),
+                Int64,
+                Some("100"),
+                Exact,
+                ok(Value::I64(1250)),
+            ),
+            (
+                Value::String("1.5e3".into()),
+                Uint32,
+                None,
+                Exact,
+                ok(Value::U32(1500)),
+            ),
+            (
+                Value::String("12.5".into()),
+                Double,
+                None,
+                Exact,
+                ok(Value::F64(12.5)),
+            ),
+            (
+                Value::String(" 12".into()),
+                Int64,
+                None,
+                Exact,
+                Err("not a number"),
+            ),
+            (
+                Value::String("lots".into()),
+                Int64,
+                None,
+                Exact,
+                Err("not a number"),
+            ),
+            (
+                Value::String("NaN".into()),
+                Double,
+                None,
+                Exact,
+                Err("not a number"),
+            ),
+            (
+                Value::F64(f64::NAN),
+                Int64,
+                None,
+                Exact,
+                Err("not a number"),
+            ),
+            (
+                Value::F64(f64::INFINITY),
+                Double,
+                Some("2"),
+                Exact,
+                Err("not a number"),
+            ),
+            (
+                Value::F64(1e300),
+                Int64,
+                Some("100"),
+                Exact,
+                Err("out of range"),
+            ),
+            (Value::F64(1e300), Float, None, Exact, Err("out of range")),
+            (
+                Value::F64(-1.527e-24),
+                Int64,
+                Some("100"),
+                HalfAwayFromZero,
+                ok(Value::I64(0)),
+            ),
+            (
+                Value::I64(i64::from(i32::MAX) + 1),
+                Int32,
+                None,
+                Exact,
+                Err("out of range"),
+            ),
+            (Value::I64(-1), Uint64, None, Exact, Err("out of range")),
+            (
+                Value::U64(u64::MAX),
+                Double,
+                None,
+                Exact,
+                Err("out of range"),
+            ),
+            (
+                Value::I64(1 << 40),
+                Double,
+                None,
+                Exact,
+                ok(Value::F64((1u64 << 40) as f64)),
+            ),
+            (
+                Value::I64(i64::MAX),
+                Int64,
+                Some("100"),
+                Exact,
+                Err("out of range"),
+            ),
+            (
+                Value::I32(42),
+                String,
+                None,
+                Exact,
+                ok(Value::String("42".into())),
+            ),
+            (
+                Value::I32(42),
+                String,
+                Some("0.5"),
+                Exact,
+                ok(Value::String("21".into())),
+            ),
+            (
+                Value::F64(12.5),
+                String,
+                None,
+                Exact,
+                ok(Value::String("12.5".into())),
+            ),
+            (Value::F32(0.5), Double, None, Exact, ok(Value::F64(0.5))),
+            (Value::Bool(true), Int32, None, Exact, Err("type")),
+        ];
+        for (input, to, multiply, round, expected) in cases {
+            let described = format!("{input:?} to {} x{multiply:?} {}", to.name(), round.name());
+            let result = conversion(to, multiply, round).apply(&input);
+            match (result, expected) {
+                (Ok(value), Ok(wanted)) => assert_eq!(value, wanted, "{described}"),
+                (Err(problem), Err(kind)) => {
+                    let matches_kind = match kind {
+                        "inexact" => matches!(problem, Problem::Inexact { .. }),
+                        "not a number" => matches!(problem, Problem::NotANumber { .. }),
+                        "out of range" => matches!(problem, Problem::OutOfRange { .. }),
+                        _ => matches!(problem, Problem::TypeMismatch { .. }),
+                    };
+                    assert!(matches_kind, "{described}: expected {kind}, got {problem}");
+                }
+                (got, wanted) => panic!("{described}: expected {wanted:?}, got {got:?}"),
+            }
+        }
+    }
+
+    fn path(text: &str, repeated: &[&str]) -> Vec<Segment> {
+        text.split('.')
+            .map(|name| Segment {
+                name: name.to_owned(),
+                repeated: repeated.contains(&name),
+            })
+            .collect()
+    }
+
+    /// A v1 `orders.OrderCreated` with two line items, as a record.
+    fn order() -> Record {
+        let decoder = crate::envelope::tests::example_decoder();
+        let descriptor = decoder
+            .registry()
+            .resolve("orders.OrderCreated", 1)
+            .expect("v1")
+            .clone();
+        Record::from_message(
+            DynamicMessage::deserialize(
+                descriptor,
+                json!({ "orderId": "o-1", "total": 12.5, "items": [
+                    { "sku": "a", "quantity": 2, "unitPrice": 1.25 },
+                    { "sku": "b", "quantity": 1 }
+                ] }),
+            )
+            .expect("valid v1"),
+        )
+    }
+
+    /// A `rename` (or `copy`) inside `common`, from and to relative to it.
+    fn moving(keep_source: bool, common: &str, from: &str, to: &str) -> Box<dyn Upcaster> {
+        let within = |path: &str| match common {
+            "" => path.to_owned(),
+            common => format!("{common}.{path}"),
+        };
+        Box::new(Move {
+            keep_source,
+            common: if common.is_empty() {
+                vec![]
+            } else {
+                self::path(common, &["items"])
+            },
+            from: self::path(from, &[]),
+            to: self::path(to, &[]),
+            from_text: within(from),
+            to_text: within(to),
+        })
+    }
+
+    fn text(value: &str) -> Field {
+        Field::new(Value::String(value.into()))
+    }
+
+    fn skus(record: &mut Record, field: &str) -> Vec<Option<Value>> {
+        let mut seen = Vec::new();
+        record
+            .for_each_at(&path("items", &["items"]), false, &mut |item| {
+                seen.push(item.get(field).cloned());
+                Ok(())
+            })
+            .expect("items walk");
+        seen
+    }
+
+    #[test]
+    fn each_step_kind_changes_only_its_field_or_names_the_problem() {
+        type Check = fn(&mut Record);
+        type Case = (
+            &'static str,
+            Box<dyn Upcaster>,
+            Result<Check, (&'static str, Problem)>,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "rename top level",
+                moving(false, "", "total", "total_amount"),
+                Ok(|record| {
+                    assert!(!record.contains("total"));
+                    assert_eq!(record.get("total_amount"), Some(&Value::F64(12.5)));
+                }),
+            ),
+            (
+                "rename inside each element",
+                moving(false, "items", "sku", "code"),
+                Ok(|record| {
+                    assert_eq!(skus(record, "sku"), [None, None]);
+                    assert_eq!(
+                        skus(record, "code"),
+                        [
+                            Some(Value::String("a".into())),
+                            Some(Value::String("b".into()))
+                        ]
+                    );
+                }),
+            ),
+            (
+                "rename into a nested message",
+                moving(false, "", "customer_id", "customer.id"),
+                Ok(|record| {
+                    // An absent source (proto3 zero) moves nothing, creates nothing.
+                    assert!(!record.contains("customer"));
+                }),
+            ),
+            (
+                "rename onto a value",
+                moving(false, "", "total", "order_id"),
+                Err(("order_id", Problem::Occupied)),
+            ),
+            (
+                "copy out of a nested message",
+                moving(true, "", "order_id", "meta.order_id"),
+                Ok(|record| {
+                    assert!(record.contains("order_id"));
+                    let meta = record
+                        .message_mut("meta")
+                        .expect("a message")
+                        .expect("created");
+                    assert_eq!(meta.get("order_id"), Some(&Value::String("o-1".into())));
+                }),
+            ),
+            (
+                "path through a scalar",
+                moving(false, "", "order_id.x", "y"),
+                Err(("order_id.x", Problem::NotAMessage)),
+            ),
+            (
+                "set_default on an absent field",
+                Box::new(Set {
+                    only_when_absent: true,
+                    path: path("currency", &[]),
+                    value: text("USD"),
+                    text: "currency".into(),
+                    shown: "\"USD\"".into(),
+                }),
+                Ok(|record| assert_eq!(record.get("currency"), Some(&Value::String("USD".into())))),
+            ),
+            (
+                "set_default on a present field",
+                Box::new(Set {
+                    only_when_absent: true,
+                    path: path("order_id", &[]),
+                    value: text("other"),
+                    text: "order_id".into(),
+                    shown: "\"other\"".into(),
+                }),
+                Ok(|record| assert_eq!(record.get("order_id"), Some(&Value::String("o-1".into())))),
+            ),
+            (
+                "set in each element",
+                Box::new(Set {
+                    only_when_absent: false,
+                    path: path("items.sku", &["items"]),
+                    value: text("x"),
+                    text: "items.sku".into(),
+                    shown: "\"x\"".into(),
+                }),
+                Ok(|record| {
+                    let x = Some(Value::String("x".into()));
+                    assert_eq!(skus(record, "sku"), [x.clone(), x]);
+                }),
+            ),
+            (
+                "remove in each element",
+                Box::new(Remove {
+                    path: path("items.unit_price", &["items"]),
+                    text: "items.unit_price".into(),
+                }),
+                Ok(|record| assert_eq!(skus(record, "unit_price"), [None, None])),
+            ),
+            (
+                "convert in each element",
+                Box::new(Convert {
+                    path: path("items.unit_price", &["items"]),
+                    rename_to: Some("unit_cents".into()),
+                    conversion: conversion(ScalarType::Int64, Some("100"), Rounding::Exact),
+                    text: "items.unit_price".into(),
+                }),
+                // The second item has no price: nothing to convert there.
+                Ok(|record| assert_eq!(skus(record, "unit_cents"), [Some(Value::I64(125)), None])),
+            ),
+            (
+                "convert a string field that is not a number",
+                Box::new(Convert {
+                    path: path("order_id", &[]),
+                    rename_to: None,
+                    conversion: conversion(ScalarType::Int64, None, Rounding::Exact),
+                    text: "order_id".into(),
+                }),
+                Err((
+                    "order_id",
+                    Problem::NotANumber {
+                        value: "o-1".into(),
+                    },
+                )),
+            ),
+            (
+                "convert onto a value",
+                Box::new(Convert {
+                    path: path("total", &[]),
+                    rename_to: Some("order_id".into()),
+                    conversion: conversion(ScalarType::Int64, None, Rounding::HalfEven),
+                    text: "total".into(),
+                }),
+                Err(("order_id", Problem::Occupied)),
+            ),
+            (
+                "convert a fraction exactly",
+                Box::new(Convert {
+                    path: path("total", &[]),
+                    rename_to: Some("total_cents".into()),
+                    conversion: conversion(ScalarType::Int64, None, Rounding::Exact),
+                    text: "total".into(),
+                }),
+                Err((
+                    "total",
+                    Problem::Inexact {
+                        value: "12.5".into(),
+                    },
+                )),
+            ),
+            (
+                "map a string",
+                Box::new(MapValues {
+                    path: path("items.sku", &["items"]),
+                    table: HashMap::from([("a".to_owned(), Value::String("A".into()))]),
+                    target_enum: None,
+                    unmapped: Unmapped::Keep,
+                    text: "items.sku".into(),
+                }),
+                Ok(|record| {
+                    assert_eq!(
+                        skus(record, "sku"),
+                        [
+                            Some(Value::String("A".into())),
+                            Some(Value::String("b".into()))
+                        ]
+                    );
+                }),
+            ),
+            (
+                "an unmapped value that must fail",
+                Box::new(MapValues {
+                    path: path("items.sku", &["items"]),
+                    table: HashMap::from([("a".to_owned(), Value::String("A".into()))]),
+                    target_enum: None,
+                    unmapped: Unmapped::Fail,
+                    text: "items.sku".into(),
+                }),
+                Err(("items.sku", Problem::Unmapped { value: "b".into() })),
+            ),
+            (
+                "map a number",
+                Box::new(MapValues {
+                    path: path("total", &[]),
+                    table: HashMap::new(),
+                    target_enum: None,
+                    unmapped: Unmapped::Keep,
+                    text: "total".into(),
+                }),
+                Err((
+                    "total",
+                    Problem::TypeMismatch {
+                        expected: "an enum or a string".into(),
+                        found: "double".into(),
+                    },
+                )),
+            ),
+        ];
+        for (name, step, expected) in cases {
+            let mut record = order();
+            match (step.apply(&mut record), expected) {
+                (Ok(()), Ok(check)) => check(&mut record),
+                (Err(error), Err((field, problem))) => {
+                    assert_eq!(
+                        (error.field.as_str(), &error.problem),
+                        (field, &problem),
+                        "{name}"
+                    );
+                }
+                (got, _) => panic!("{name}: unexpected {got:?}"),
+            }
+            assert!(!step.describe().is_empty());
+        }
+    }
+
+    #[test]
+    fn enum_values_map_by_name_and_keep_crosses_versions_by_name() {
+        let decoder = crate::envelope::tests::example_decoder();
+        let cancelled = decoder
+            .registry()
+            .resolve("orders.OrderCancelled", 1)
+            .expect("v1")
+            .clone();
+        let reason = cancelled
+            .get_field_by_name("reason")
+            .and_then(|field| field.kind().as_enum().cloned())
+            .expect("an enum");
+        let step = MapValues {
+            path: path("reason", &[]),
+            table: HashMap::from([(
+                "CANCEL_REASON_OUT_OF_STOCK".to_owned(),
+                Value::String("stock".into()),
+            )]),
+            target_enum: None,
+            unmapped: Unmapped::Keep,
+            text: "reason".into(),
+        };
+        let with_reason = |name: &str| {
+            let message = DynamicMessage::deserialize(cancelled.clone(), json!({ "reason": name }))
+                .expect("valid");
+            assert_eq!(message.descriptor(), cancelled);
+            Record::from_message(message)
+        };
+        let mut record = with_reason("CANCEL_REASON_OUT_OF_STOCK");
+        step.apply(&mut record).expect("mapped");
+        assert_eq!(record.get("reason"), Some(&Value::String("stock".into())));
+        // Kept, an enum value becomes its name when the field turns into a string.
+        let mut record = with_reason("CANCEL_REASON_PAYMENT_FAILED");
+        step.apply(&mut record).expect("kept");
+        assert_eq!(
+            record.get("reason"),
+            Some(&Value::String("CANCEL_REASON_PAYMENT_FAILED".into()))
+        );
+        let to_enum = MapValues {
+            table: HashMap::new(),
+            target_enum: Some(reason),
+            ..step
+        };
+        let mut record = with_reason("CANCEL_REASON_PAYMENT_FAILED");
+        to_enum.apply(&mut record).expect("kept by name");
+        assert_eq!(record.get("reason"), Some(&Value::EnumNumber(3)));
     }
 }
