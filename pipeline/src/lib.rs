@@ -5,6 +5,7 @@
 //! - `schema`: the `.proto` directory -> [`schema::SchemaRegistry`].
 //! - `source`: one durable pull consumer per (source, sink) -> [`source::Delivery`].
 //! - `envelope`: delivery bytes -> validated [`envelope::Envelope`].
+//! - `upcast`: an envelope -> the same event at its sink's target version.
 //! - `route`: which sinks want an event.
 //! - `lanes`: per-aggregate order, aggregates in parallel.
 //! - `sink`: the [`sink::Sink`] trait and one module per kind.
@@ -30,6 +31,7 @@ pub mod sink;
 pub mod source;
 pub mod telemetry;
 pub mod template;
+pub mod upcast;
 
 use std::sync::Arc;
 
@@ -48,6 +50,7 @@ use crate::{
     sink::{Sink, SinkError, custom::CustomSinks, jetstream::JetStreamSink},
     source::SourceError,
     telemetry::Readiness,
+    upcast::{CodeSteps, Upcasters},
 };
 
 /// Why Jetline stopped or could not start.
@@ -95,19 +98,31 @@ impl RunError {
 pub struct Prepared {
     pub config: Config,
     pub decoder: Arc<Decoder>,
+    /// The checked upcaster chains, with the warnings `check` prints.
+    pub upcasters: Arc<Upcasters>,
 }
 
 /// Compiles the schemas and checks the configuration against them.
 pub fn prepare(config: Config) -> Result<Prepared, RunError> {
+    prepare_with(config, &CodeSteps::default())
+}
+
+/// As [`prepare`], with the code upcaster steps a program registers (YAML
+/// refers to them as `- code: NAME`).
+pub fn prepare_with(config: Config, code_steps: &CodeSteps) -> Result<Prepared, RunError> {
     let registry = SchemaRegistry::load(&config.schemas)?;
-    let errors = route::check_against_schemas(&config, &registry);
-    if !errors.is_empty() {
+    let mut errors = route::check_against_schemas(&config, &registry);
+    let upcasters = upcast::check::build(&config, &registry, code_steps)
+        .map_err(|mut upcast_errors| errors.append(&mut upcast_errors))
+        .ok();
+    let (true, Some(upcasters)) = (errors.is_empty(), upcasters) else {
         return Err(RunError::Config(ConfigErrors(errors)));
-    }
+    };
     let decoder = Decoder::new(registry, config.schemas.unknown_fields);
     Ok(Prepared {
         config,
         decoder: Arc::new(decoder),
+        upcasters: Arc::new(upcasters),
     })
 }
 
@@ -123,7 +138,16 @@ pub async fn run_with(
     shutdown: CancellationToken,
     custom_sinks: CustomSinks,
 ) -> Result<(), RunError> {
-    let prepared = prepare(config)?;
+    run_prepared(prepare(config)?, shutdown, custom_sinks).await
+}
+
+/// As [`run_with`], from a configuration already prepared (e.g. by
+/// [`prepare_with`], which registers code upcasters).
+pub async fn run_prepared(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+) -> Result<(), RunError> {
     let missing: Vec<ConfigError> = prepared
         .config
         .sinks
@@ -142,6 +166,9 @@ pub async fn run_with(
         return Err(RunError::Config(ConfigErrors(missing)));
     }
     let config = &prepared.config;
+    for warning in prepared.upcasters.warnings() {
+        tracing::warn!(path = %warning.path, "Upcaster check: {}", warning.message);
+    }
     let readiness = Arc::new(Readiness::default());
     readiness.expect_consumers(config.pipelines.len());
     let handle = telemetry::install_recorder().map_err(RunError::Metrics)?;
@@ -253,6 +280,8 @@ impl SpawnContext<'_> {
                 settings: config.sinks[sink_name].consumer.clone(),
                 router: Router::new(spec.routes.iter().map(|&index| &config.routes[index])),
                 decoder: Arc::clone(&self.prepared.decoder),
+                upcasters: Arc::clone(&self.prepared.upcasters),
+                schema_version: config.sinks[sink_name].schema_version,
                 sink: Arc::clone(&sink),
                 dead_letters: self.dead_letters.clone(),
             });

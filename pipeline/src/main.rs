@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         Command::Dlq { config, command } => dlq(&config.config, command),
         Command::Publish { config, args } => publish(&config.config, args),
         Command::Status(args) => status(&args.config),
+        Command::Upcast(args) => upcast(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -56,6 +57,30 @@ fn load(path: &std::path::Path) -> Result<jetline::Config, Failure> {
 fn check(path: &std::path::Path) -> Result<(), Failure> {
     let prepared = jetline::prepare(load(path)?)?;
     print!("{}", cli::check::summary(&prepared));
+    Ok(())
+}
+
+fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
+    use std::io::Read as _;
+    let prepared = jetline::prepare(load(&args.config.config)?)?;
+    for warning in prepared.upcasters.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let mut input = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut input)
+        .map_err(|err| Failure {
+            code: 1,
+            message: format!("cannot read standard input: {err}"),
+        })?;
+    let output = cli::upcast::upcast_json(&prepared, args, &input).map_err(|err| Failure {
+        code: 1,
+        message: err.to_string(),
+    })?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&output).unwrap_or_default()
+    );
     Ok(())
 }
 

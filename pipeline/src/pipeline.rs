@@ -1,6 +1,7 @@
 //! One (source, sink) consumer's loop, the data's path top to bottom:
 //! message -> [`Delivery`] -> [`Envelope`] (decode, validate) -> route ->
-//! lanes (per-aggregate order) -> sink -> [`Outcome`] -> ack / nak / dead letter.
+//! lanes (per-aggregate order) -> upcast to the sink's version -> sink ->
+//! [`Outcome`] -> ack / nak / dead letter.
 //!
 //! **Invariant:** the loop never acks by itself; every delivery it admits is
 //! settled by `outcome.rs` after its sink answered (or is handed back, nak'd,
@@ -25,6 +26,7 @@ use crate::{
     sink::{Event, Sink},
     source::{self, Delivery, SourceError},
     telemetry::{self, Readiness},
+    upcast::Upcasters,
 };
 
 /// Everything one consumer's loop needs, shared with its event tasks.
@@ -33,6 +35,9 @@ pub struct Pipeline<S> {
     pub settings: ConsumerSettings,
     pub router: Router,
     pub decoder: Arc<Decoder>,
+    pub upcasters: Arc<Upcasters>,
+    /// The sink's pinned version (`None`: the newest of each type).
+    pub schema_version: Option<u32>,
     pub sink: Arc<S>,
     pub dead_letters: DeadLetters,
 }
@@ -313,8 +318,24 @@ impl<S: Sink> Pipeline<S> {
                 };
                 (event.delivery, event.envelope.event_type, outcome)
             }
-            (Work::Apply(event), Dispatch::Apply) => {
-                let outcome = self.apply(&event).await;
+            (Work::Apply(mut event), Dispatch::Apply) => {
+                // Upcast here rather than at decode: each sink has its own
+                // target version, and a failure is this sink's dead letter.
+                let outcome = match self
+                    .upcasters
+                    .upcast(&mut event.envelope, self.schema_version)
+                {
+                    Ok(upcast) => {
+                        if let Some((from, to)) = upcast {
+                            telemetry::upcast(&event.envelope.event_type, from, to);
+                        }
+                        self.apply(&event).await
+                    }
+                    Err(error) => Outcome::DeadLetter {
+                        reason: DeadLetterReason::UpcastFailed,
+                        error: error.to_string(),
+                    },
+                };
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };

@@ -9,3 +9,4 @@ mod delivery;
 mod dlq;
 mod observability;
 mod packaging;
+mod upcast;

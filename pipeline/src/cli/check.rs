@@ -75,5 +75,42 @@ pub fn summary(prepared: &Prepared) -> String {
         "dead letters: stream {} subjects {}.>",
         config.dead_letter.stream, config.dead_letter.subject_prefix
     );
+    upcasters(&mut out, prepared);
     out
+}
+
+/// Each chain with its hops and steps, then the checks' warnings.
+fn upcasters(out: &mut String, prepared: &Prepared) {
+    let chains = prepared.upcasters.chains();
+    if chains.is_empty() {
+        let _ = writeln!(out, "upcasters: none");
+    } else {
+        let _ = writeln!(out, "upcasters:");
+    }
+    for (event_type, hops) in chains {
+        // The path from the oldest version; other versions join it on the way.
+        let mut versions: Vec<String> = Vec::new();
+        let mut current = hops.first().map(|hop| hop.from);
+        while let Some(version) = current {
+            versions.push(format!("v{version}"));
+            current = hops
+                .iter()
+                .find(|hop| hop.from == version)
+                .map(|hop| hop.to);
+        }
+        let _ = writeln!(out, "  {event_type}: {}", versions.join(" -> "));
+        for hop in hops {
+            let _ = writeln!(out, "    v{} -> v{}:", hop.from, hop.to);
+            for step in hop.describe() {
+                let _ = writeln!(out, "      {step}");
+            }
+        }
+    }
+    let warnings = prepared.upcasters.warnings();
+    if !warnings.is_empty() {
+        let _ = writeln!(out, "warnings:");
+        for warning in warnings {
+            let _ = writeln!(out, "  {warning}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod publish;
 pub mod run;
 pub mod status;
+pub mod upcast;
 
 use std::path::PathBuf;
 
@@ -52,6 +53,8 @@ pub enum Command {
     },
     /// Print each consumer's pending, ack pending, redelivered and lag in seconds.
     Status(ConfigArg),
+    /// Upcast one JSON event (envelope or payload) from standard input and print it.
+    Upcast(upcast::UpcastArgs),
 }
 
 #[derive(Debug, clap::Args)]

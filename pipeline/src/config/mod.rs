@@ -13,6 +13,7 @@ use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Dura
 
 pub use load::{load, load_str};
 pub use raw::{OnDeadLetter, Ordering, UnknownFields};
+pub(crate) use validate::parse_at;
 pub use validate::validate;
 
 /// A configuration problem, named by the key path it concerns.

@@ -228,7 +228,7 @@ fn parse_sink(
 }
 
 /// Deserializes `value`, naming errors by `prefix` plus the path inside it.
-fn parse_at<T: DeserializeOwned>(
+pub(crate) fn parse_at<T: DeserializeOwned>(
     errors: &mut Vec<ConfigError>,
     prefix: &str,
     value: serde_json::Value,
@@ -238,6 +238,8 @@ fn parse_at<T: DeserializeOwned>(
             let inner = err.path().to_string();
             let path = if inner == "." {
                 prefix.to_owned()
+            } else if inner.starts_with('[') {
+                format!("{prefix}{inner}")
             } else {
                 format!("{prefix}.{inner}")
             };
