@@ -38,6 +38,9 @@ struct KeyState<T> {
     /// The sequence nak'd for redelivery, which must go before the queue.
     awaiting: Option<u64>,
     parked: bool,
+    /// Whether the key stands in `Lanes::ready` (kept here: scanning that
+    /// queue on every admit costs as much as the keys waiting).
+    listed: bool,
 }
 
 impl<T> KeyState<T> {
@@ -47,6 +50,7 @@ impl<T> KeyState<T> {
             in_flight: None,
             awaiting: None,
             parked: false,
+            listed: false,
         }
     }
 
@@ -109,7 +113,8 @@ impl<T> Lanes<T> {
             let position = state.queue.partition_point(|(queued, _)| *queued < seq);
             state.queue.insert(position, (seq, item));
         }
-        if state.can_start() && !self.ready.iter().any(|ready| ready == key) {
+        if state.can_start() && !state.listed {
+            state.listed = true;
             self.ready.push_back(key.to_owned());
         }
         None
@@ -128,6 +133,7 @@ impl<T> Lanes<T> {
             let Some(state) = self.keys.get_mut(&key) else {
                 continue;
             };
+            state.listed = false;
             if !state.can_start() {
                 continue;
             }
@@ -168,7 +174,8 @@ impl<T> Lanes<T> {
             if !state.parked {
                 self.keys.remove(key);
             }
-        } else if state.can_start() {
+        } else if state.can_start() && !state.listed {
+            state.listed = true;
             self.ready.push_back(key.to_owned());
         }
     }
