@@ -45,7 +45,10 @@ use crate::{
     pipeline::Pipeline,
     route::Router,
     schema::{SchemaError, SchemaRegistry},
-    sink::{Sink, SinkError, jetstream::JetStreamSink},
+    sink::{
+        Sink, SinkError, http::HttpSink, jetstream::JetStreamSink, kv::KvSink,
+        postgres::PostgresSink,
+    },
     source::SourceError,
     telemetry::Readiness,
 };
@@ -78,6 +81,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Config(_) | RunError::Schema(_) => 2,
+            RunError::Sink { source, .. } if source.is_setup() => 2,
             RunError::Connect(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
@@ -98,7 +102,8 @@ pub struct Prepared {
 /// Compiles the schemas and checks the configuration against them.
 pub fn prepare(config: Config) -> Result<Prepared, RunError> {
     let registry = SchemaRegistry::load(&config.schemas)?;
-    let errors = route::check_against_schemas(&config, &registry);
+    let mut errors = route::check_against_schemas(&config, &registry);
+    errors.extend(sink::check_against_schemas(&config, &registry));
     if !errors.is_empty() {
         return Err(RunError::Config(ConfigErrors(errors)));
     }
@@ -147,6 +152,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
             readiness: &readiness,
             shutdown: &shutdown,
         };
+        let sink_error = |source| RunError::Sink {
+            sink: sink_name.clone(),
+            source,
+        };
         match &sink.kind {
             SinkKind::JetStream(settings) => {
                 let built = JetStreamSink::new(jetstream.clone(), settings).map_err(|source| {
@@ -155,6 +164,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), RunE
                         source,
                     }
                 })?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Kv(settings) => {
+                let built = KvSink::open(jetstream.clone(), sink_name, settings)
+                    .await
+                    .map_err(sink_error)?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Postgres(settings) => {
+                let feeders = config
+                    .pipelines
+                    .iter()
+                    .filter(|pipeline| pipeline.sink == *sink_name)
+                    .count()
+                    * sink.consumer.concurrency;
+                let built = PostgresSink::start(
+                    sink_name,
+                    settings,
+                    prepared.decoder.registry(),
+                    sink.schema_version,
+                    feeders,
+                )
+                .map_err(sink_error)?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Http(settings) => {
+                let built = HttpSink::new(sink_name, settings).map_err(sink_error)?;
                 spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
             }
         }

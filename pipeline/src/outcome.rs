@@ -68,8 +68,11 @@ pub fn decide(
                 reason: DeadLetterReason::MaxAttempts,
                 error: error.to_string(),
             },
+            // The destination's own `Retry-After` is a floor under the backoff.
             ErrorClass::Transient => Outcome::Retry {
-                after: jittered(retry.delay_after(attempt), retry.jitter).min(max_delay),
+                after: jittered(retry.delay_after(attempt), retry.jitter)
+                    .max(error.retry_after().unwrap_or_default())
+                    .min(max_delay),
             },
         },
     }
@@ -224,6 +227,29 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_under_the_backoff_within_the_cap() {
+        let unavailable = |seconds| {
+            Err(SinkError::HttpUnavailable {
+                status: 503,
+                retry_after: Some(Duration::from_secs(seconds)),
+            })
+        };
+        let cap = Duration::from_secs(10);
+        let cases = [
+            (unavailable(2), Duration::from_secs(2)),
+            (unavailable(0), Duration::from_millis(100)),
+            (unavailable(60), cap),
+        ];
+        for (result, expected) in cases {
+            assert_eq!(
+                decide(&result, 1, &policy(), cap),
+                Outcome::Retry { after: expected },
+                "{result:?}"
+            );
+        }
     }
 
     #[test]

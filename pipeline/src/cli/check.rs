@@ -23,6 +23,24 @@ pub fn summary(prepared: &Prepared) -> String {
     for (name, sink) in &config.sinks {
         let target = match &sink.kind {
             SinkKind::JetStream(js) => format!("subject {} ({:?})", js.subject, js.format),
+            SinkKind::Kv(kv) => format!(
+                "bucket {} key {} on {:?}",
+                kv.bucket,
+                kv.key,
+                kv.on.keys().collect::<Vec<_>>()
+            ),
+            SinkKind::Postgres(pg) => format!(
+                "url from ${}, batch {} events or {}, on {:?}",
+                pg.url_env,
+                pg.batch.max_events,
+                humantime::format_duration(pg.batch.max_wait),
+                pg.on.keys().collect::<Vec<_>>()
+            ),
+            SinkKind::Http(http) => format!(
+                "POST {} (timeout {})",
+                http.url,
+                humantime::format_duration(http.timeout)
+            ),
         };
         let c = &sink.consumer;
         let _ = writeln!(out, "  {name}: {} {target}", sink.kind.type_name());

@@ -84,12 +84,27 @@ pub struct SinkSpec {
 #[derive(Debug, Clone)]
 pub enum SinkKind {
     JetStream(raw::JetStreamSinkConfig),
+    Kv(crate::sink::kv::KvSinkConfig),
+    Postgres(crate::sink::postgres::PostgresSinkConfig),
+    Http(crate::sink::http::HttpSinkConfig),
 }
 
 impl SinkKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkKind::JetStream(_) => "jetstream",
+            SinkKind::Kv(_) => "kv",
+            SinkKind::Postgres(_) => "postgres",
+            SinkKind::Http(_) => "http",
+        }
+    }
+
+    /// Read models skip what they already applied by comparing sequences
+    /// per aggregate, which holds only with `ordering: per_key`.
+    pub fn needs_per_key_order(&self) -> bool {
+        match self {
+            SinkKind::Kv(_) | SinkKind::Postgres(_) => true,
+            SinkKind::JetStream(_) | SinkKind::Http(_) => false,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, PipelineSpec,
+    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, PipelineSpec,
     RetryPolicy, RouteSpec, SinkKind, SinkSpec,
     raw::{self, ConsumerOverrides, RawConfig, SINK_COMMON_KEYS},
 };
@@ -191,30 +191,63 @@ fn parse_sink(
                 Some(SinkKind::JetStream(config))
             })
         }
+        Some("kv") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::kv::KvSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Kv(config)
+            },
+        ),
+        Some("postgres") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::postgres::PostgresSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Postgres(config)
+            },
+        ),
+        Some("http") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::http::HttpSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Http(config)
+            },
+        ),
         Some(other) => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?} (known: jetstream)"),
+                format!("unknown sink type {other:?} (known: {SINK_TYPES})"),
             ));
             None
         }
         None => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                "missing sink type (known: jetstream)",
+                format!("missing sink type (known: {SINK_TYPES})"),
             ));
             None
         }
     };
     let overrides = overrides?;
     check_overrides(errors, &path, &overrides);
+    let consumer = merge(durable_prefix, defaults, &overrides);
+    if let Some(kind) = &kind
+        && kind.needs_per_key_order()
+        && consumer.ordering != Ordering::PerKey
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.ordering"),
+            format!(
+                "a {} sink needs ordering per_key: it skips events by their sequence per aggregate",
+                kind.type_name()
+            ),
+        ));
+    }
     Some(SinkSpec {
         name: name.to_owned(),
         kind: kind?,
-        consumer: merge(durable_prefix, defaults, &overrides),
+        consumer,
         schema_version,
     })
 }
+
+const SINK_TYPES: &str = "jetstream, kv, postgres, http";
 
 /// Deserializes `value`, naming errors by `prefix` plus the path inside it.
 fn parse_at<T: DeserializeOwned>(
