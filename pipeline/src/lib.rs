@@ -7,6 +7,7 @@
 //! - `envelope`: delivery bytes -> validated [`envelope::Envelope`].
 //! - `route`: which sinks want an event.
 //! - `lanes`: per-aggregate order, aggregates in parallel.
+//! - `recovery`: after a crash, the events left unacked go before newer ones.
 //! - `sink`: the [`sink::Sink`] trait and one module per kind.
 //! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
 //! - `dead_letter`: dead-letter reasons, headers and publishing.
@@ -24,6 +25,7 @@ pub mod lanes;
 pub mod nats;
 pub mod outcome;
 pub mod pipeline;
+pub mod recovery;
 pub mod route;
 pub mod schema;
 pub mod sink;

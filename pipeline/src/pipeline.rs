@@ -4,7 +4,8 @@
 //!
 //! **Invariant:** the loop never acks by itself; every delivery it admits is
 //! settled by `outcome.rs` after its sink answered (or is handed back, nak'd,
-//! at shutdown).
+//! at shutdown). After a restart, nothing starts before the events the
+//! previous process left unacked are back (`recovery.rs`).
 
 use std::{sync::Arc, time::Duration};
 
@@ -18,6 +19,7 @@ use crate::{
     envelope::{DecodeError, Decoder},
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
+    recovery::Recovery,
     route::Router,
     sink::{Event, Sink},
     source::{self, Delivery, SourceError},
@@ -66,6 +68,18 @@ impl<S: Sink> Pipeline<S> {
             consumer = %self.spec.durable_name,
             "Consumer bound"
         );
+        let mut recovery = Recovery::after_restart(
+            consumer.cached_info(),
+            self.settings.effective_ack_wait(),
+            tokio::time::Instant::now(),
+        );
+        if let Some(recovery) = &recovery {
+            tracing::info!(
+                consumer = %self.spec.durable_name,
+                leftovers = recovery.leftovers(),
+                "Waiting for the events left unacked before the restart"
+            );
+        }
         let stream_name: Arc<str> = Arc::from(self.spec.stream.as_str());
         let mut lanes: Lanes<Work> = Lanes::new(self.settings.concurrency);
         let mut tasks: JoinSet<(Option<String>, u64, Completion)> = JoinSet::new();
@@ -89,6 +103,7 @@ impl<S: Sink> Pipeline<S> {
             let Some(stream) = messages.as_mut() else {
                 continue;
             };
+            let recovery_deadline = recovery.as_ref().map(Recovery::deadline);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
@@ -96,15 +111,20 @@ impl<S: Sink> Pipeline<S> {
                     if let Ok((key, seq, completion)) = joined {
                         lanes.complete(key.as_deref(), seq, completion);
                     }
-                    self.start_ready(&mut lanes, &mut tasks);
+                    self.start_unless_recovering(&mut recovery, &mut lanes, &mut tasks);
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
                         match Delivery::from_message(&stream_name, message) {
-                            Ok(delivery) => self.admit(delivery, &mut lanes).await,
+                            Ok(delivery) => {
+                                if let Some(recovery) = recovery.as_mut() {
+                                    recovery.delivered(delivery.stream_seq);
+                                }
+                                self.admit(delivery, &mut lanes).await
+                            }
                             Err(error) => tracing::warn!(error = %error, "Message ignored"),
                         }
-                        self.start_ready(&mut lanes, &mut tasks);
+                        self.start_unless_recovering(&mut recovery, &mut lanes, &mut tasks);
                     }
                     Some(Err(error)) => {
                         tracing::warn!(consumer = %self.spec.durable_name, error = %error, "Pull error");
@@ -115,6 +135,10 @@ impl<S: Sink> Pipeline<S> {
                     for work in lanes.waiting() {
                         outcome::progress(work.delivery()).await;
                     }
+                }
+                _ = tokio::time::sleep_until(recovery_deadline.unwrap_or_else(tokio::time::Instant::now)),
+                    if recovery_deadline.is_some() => {
+                    self.start_unless_recovering(&mut recovery, &mut lanes, &mut tasks);
                 }
             }
         }
@@ -175,6 +199,31 @@ impl<S: Sink> Pipeline<S> {
             event_type,
             outcome.label(),
         );
+    }
+
+    /// Starts what is ready, once the events left unacked by a previous
+    /// process are back in the lanes (see `recovery.rs`).
+    fn start_unless_recovering(
+        self: &Arc<Self>,
+        recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
+        tasks: &mut JoinSet<(Option<String>, u64, Completion)>,
+    ) {
+        if recovery
+            .as_ref()
+            .is_some_and(|recovery| recovery.holding(tokio::time::Instant::now()))
+        {
+            return;
+        }
+        if let Some(done) = recovery.take() {
+            tracing::info!(
+                consumer = %self.spec.durable_name,
+                back = done.back(),
+                leftovers = done.leftovers(),
+                "Done waiting for the events left unacked before the restart"
+            );
+        }
+        self.start_ready(lanes, tasks);
     }
 
     fn start_ready(

@@ -5,3 +5,6 @@ mod support;
 
 mod check;
 mod core;
+mod http;
+mod kv;
+mod postgres;

@@ -1,10 +1,14 @@
 //! The test harness: a real nats-server per test, Jetline in-process or as the
-//! built binary, event builders and stream readers.
+//! built binary, event builders and stream readers; PostgreSQL and a local
+//! webhook server for the read-model sinks.
 
 #![allow(dead_code)]
 
 pub mod events;
+pub mod http;
 pub mod nats;
+pub mod postgres;
+pub mod sinks;
 
 use std::{
     future::Future,
@@ -13,7 +17,10 @@ use std::{
 };
 
 pub use events::*;
+pub use http::*;
 pub use nats::*;
+pub use postgres::*;
+pub use sinks::*;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

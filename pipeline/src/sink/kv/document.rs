@@ -2,9 +2,9 @@
 //! (`set`, `increment`, `append`, `unset`, in that order), plus the record of
 //! the last applied source sequence kept inside the document.
 //!
-//! Pure: no IO. **Invariant:** a document records, per source stream, the
-//! sequence of the last event applied to it, so an event at or below it is
-//! recognised as already applied.
+//! Pure: no IO. **Invariant:** a document records, per sink and source
+//! stream, the sequence of the last event applied to it, so an event at or
+//! below it is recognised as already applied.
 
 use std::fmt;
 
@@ -16,7 +16,8 @@ use crate::{
     sink::value::{Position, ValueError, ValueSpec},
 };
 
-/// The document field holding `{ "seq": { "<stream>": <sequence> } }`.
+/// The document field holding `{ "<sink>": { "<stream>": <sequence> } }`
+/// (per sink, so that two sinks may write one bucket).
 pub const RECORD_FIELD: &str = "_jetline";
 
 /// A document field: `status`, or `shipping.carrier` inside an object.
@@ -224,34 +225,32 @@ fn add(current: &Value, by: &Value) -> Option<Value> {
     serde_json::Number::from_f64(sum).map(Value::Number)
 }
 
-/// The sequence of `stream` last applied to `document`.
-pub fn last_applied(document: &Map<String, Value>, stream: &str) -> Option<u64> {
-    document
-        .get(RECORD_FIELD)?
-        .get("seq")?
-        .get(stream)?
-        .as_u64()
+/// The sequence of `stream` that `sink` last applied to `document`.
+pub fn last_applied(document: &Map<String, Value>, sink: &str, stream: &str) -> Option<u64> {
+    document.get(RECORD_FIELD)?.get(sink)?.get(stream)?.as_u64()
 }
 
-/// Records `seq` of `stream` as applied to `document`.
-pub fn record_applied(document: &mut Map<String, Value>, stream: &str, seq: u64) {
-    let record = document
-        .entry(RECORD_FIELD)
+/// Records `seq` of `stream` as applied to `document` by `sink`.
+pub fn record_applied(document: &mut Map<String, Value>, sink: &str, stream: &str, seq: u64) {
+    if let Some(sequences) =
+        object_entry(document, RECORD_FIELD).and_then(|record| object_entry(record, sink))
+    {
+        sequences.insert(stream.to_owned(), Value::from(seq));
+    }
+}
+
+/// The object under `name`, made one when missing or of another kind.
+fn object_entry<'a>(
+    object: &'a mut Map<String, Value>,
+    name: &str,
+) -> Option<&'a mut Map<String, Value>> {
+    let slot = object
+        .entry(name)
         .or_insert_with(|| Value::Object(Map::new()));
-    if !record.is_object() {
-        *record = Value::Object(Map::new());
+    if !slot.is_object() {
+        *slot = Value::Object(Map::new());
     }
-    if let Some(record) = record.as_object_mut() {
-        let sequences = record
-            .entry("seq")
-            .or_insert_with(|| Value::Object(Map::new()));
-        if !sequences.is_object() {
-            *sequences = Value::Object(Map::new());
-        }
-        if let Some(sequences) = sequences.as_object_mut() {
-            sequences.insert(stream.to_owned(), Value::from(seq));
-        }
-    }
+    slot.as_object_mut()
 }
 
 /// A stored value as a document: empty for an absent or empty value.
@@ -353,18 +352,20 @@ mod tests {
     }
 
     #[test]
-    fn the_record_keeps_one_sequence_per_stream_and_survives_deletes() {
+    fn the_record_keeps_one_sequence_per_sink_and_stream_and_survives_deletes() {
         let mut document = Map::new();
-        assert_eq!(last_applied(&document, "A"), None);
-        record_applied(&mut document, "A", 5);
-        record_applied(&mut document, "B", 2);
-        record_applied(&mut document, "A", 9);
+        assert_eq!(last_applied(&document, "s", "A"), None);
+        record_applied(&mut document, "s", "A", 5);
+        record_applied(&mut document, "s", "B", 2);
+        record_applied(&mut document, "t", "A", 1);
+        record_applied(&mut document, "s", "A", 9);
         document.insert("status".into(), "x".into());
-        assert_eq!(last_applied(&document, "A"), Some(9));
-        assert_eq!(last_applied(&document, "B"), Some(2));
+        assert_eq!(last_applied(&document, "s", "A"), Some(9));
+        assert_eq!(last_applied(&document, "s", "B"), Some(2));
+        assert_eq!(last_applied(&document, "t", "A"), Some(1));
         let marker = tombstone(&document);
         assert!(!marker.contains_key("status"));
-        assert_eq!(last_applied(&marker, "A"), Some(9));
+        assert_eq!(last_applied(&marker, "s", "A"), Some(9));
     }
 
     #[test]

@@ -201,7 +201,7 @@ impl Sink for KvSink {
         let position = Position::of(event);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let (mut document, revision) = self.read(&key).await?;
-            if document::last_applied(&document, position.stream)
+            if document::last_applied(&document, &self.name, position.stream)
                 .is_some_and(|last| last >= position.seq)
             {
                 return Ok(Applied::Skipped);
@@ -209,7 +209,12 @@ impl Sink for KvSink {
             let written = match rule {
                 Rule::Delete => {
                     let mut record = document::tombstone(&document);
-                    document::record_applied(&mut record, position.stream, position.seq);
+                    document::record_applied(
+                        &mut record,
+                        &self.name,
+                        position.stream,
+                        position.seq,
+                    );
                     self.delete(&key, &record, revision).await?
                 }
                 Rule::Update(operations) => {
@@ -222,7 +227,12 @@ impl Sink for KvSink {
                             },
                         },
                     )?;
-                    document::record_applied(&mut document, position.stream, position.seq);
+                    document::record_applied(
+                        &mut document,
+                        &self.name,
+                        position.stream,
+                        position.seq,
+                    );
                     self.put(&key, &document, revision).await?
                 }
             };
