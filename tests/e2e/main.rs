@@ -8,3 +8,4 @@ mod core;
 mod http;
 mod kv;
 mod postgres;
+mod projections;

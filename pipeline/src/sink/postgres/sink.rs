@@ -5,12 +5,13 @@
 //! The connection string comes from the environment; connections are pooled
 //! and replaced when the server closed them (a restart), so the sink
 //! recovers by itself: the events of a failed batch come back with backoff.
+//! Connections are plain TCP (`sslmode=require` is refused at start-up).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::NoTls;
+use tokio_postgres::{NoTls, config::SslMode};
 
 use super::{
     batch::{Job, Statement, Writer},
@@ -59,6 +60,11 @@ impl PostgresSink {
         let url = std::env::var(&config.url_env).map_err(|_| environment_error())?;
         // The parse error is not shown: it could quote the password.
         let pg_config: tokio_postgres::Config = url.parse().map_err(|_| environment_error())?;
+        if pg_config.get_ssl_mode() == SslMode::Require {
+            return Err(SinkError::Setup(format!(
+                "sinks.{name}: sslmode=require is not supported: connections are plain TCP"
+            )));
+        }
         let manager = Manager::from_config(
             pg_config,
             NoTls,
