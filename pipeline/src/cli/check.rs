@@ -38,7 +38,10 @@ pub fn summary(prepared: &Prepared) -> String {
             ),
             SinkKind::Http(http) => format!(
                 "POST {} (timeout {})",
-                http.url,
+                match (&http.url, &http.url_env) {
+                    (Some(url), _) => url.clone(),
+                    (None, variable) => format!("${}", variable.as_deref().unwrap_or_default()),
+                },
                 humantime::format_duration(http.timeout)
             ),
         };

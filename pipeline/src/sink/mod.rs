@@ -253,6 +253,7 @@ mod tests {
              params: [aggregate_id, payload.total_amount_cents] } } }",
             "{ type: postgres, schema_version: 1, on: { orders.OrderCreated: { sql: 'SELECT $1', params: [payload.total] } } }",
             "{ type: http, url: 'https://example.internal/hook', headers_env: { Authorization: TOKEN }, timeout: 2s }",
+            "{ type: http, url_env: HOOK_URL }",
         ];
         for sink in sinks {
             assert_eq!(problems(sink, "", ""), Vec::<String>::new(), "{sink}");
@@ -356,6 +357,23 @@ mod tests {
             (
                 "{ type: http, url: 'http://h', timeout: soon }".to_owned(),
                 "sinks.s.timeout".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', headers: { Authorization: 'Bearer x' } }"
+                    .to_owned(),
+                "sinks.s.headers.Authorization".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', url_env: HOOK_URL }".to_owned(),
+                "sinks.s.url_env".to_owned(),
+            ),
+            (
+                "{ type: http, timeout: 1s }".to_owned(),
+                "sinks.s.url".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'https://u:pw@h/' }".to_owned(),
+                "sinks.s.url".to_owned(),
             ),
         ];
         for (sink, expected) in cases {

@@ -2,7 +2,7 @@
 //! request it gets: the webhook the HTTP sink posts to.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
     time::Instant,
 };
@@ -11,7 +11,7 @@ use axum::{
     Router,
     body::Bytes,
     extract::State,
-    http::{HeaderMap, StatusCode},
+    http::{HeaderMap, HeaderValue, StatusCode},
     response::{IntoResponse, Response},
     routing::post,
 };
@@ -61,16 +61,22 @@ impl Answer {
 
 type Script = dyn Fn(&Recorded) -> Answer + Send + Sync;
 
+#[derive(Default)]
+struct Log {
+    requests: Vec<Recorded>,
+    attempts: HashMap<Option<HeaderValue>, usize>,
+}
+
 #[derive(Clone)]
 struct Shared {
     script: Arc<Script>,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    log: Arc<Mutex<Log>>,
 }
 
 /// The server, stopped on drop.
 pub struct Webhook {
     pub url: String,
-    requests: Arc<Mutex<Vec<Recorded>>>,
+    log: Arc<Mutex<Log>>,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -82,10 +88,10 @@ impl Webhook {
             .await
             .expect("a free port");
         let address = listener.local_addr().expect("bound");
-        let requests = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Log::default()));
         let shared = Shared {
             script: Arc::new(script),
-            requests: Arc::clone(&requests),
+            log: Arc::clone(&log),
         };
         let app = Router::new().route("/hook", post(hook)).with_state(shared);
         let (stop, stopped) = oneshot::channel::<()>();
@@ -98,14 +104,14 @@ impl Webhook {
         });
         Self {
             url: format!("http://{address}/hook"),
-            requests,
+            log,
             stop: Some(stop),
         }
     }
 
     /// Every request so far, in arrival order.
     pub fn requests(&self) -> Vec<Recorded> {
-        self.requests.lock().expect("not poisoned").clone()
+        self.log.lock().expect("not poisoned").requests.clone()
     }
 
     /// The requests of each idempotency key, in arrival order.
@@ -132,22 +138,22 @@ impl Drop for Webhook {
 async fn hook(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
     let body = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
     let (answer, status) = {
-        let mut requests = shared.requests.lock().expect("not poisoned");
-        let key = headers.get("idempotency-key").cloned();
-        let attempt = 1 + requests
-            .iter()
-            .filter(|earlier| earlier.headers.get("idempotency-key") == key.as_ref())
-            .count();
+        let mut log = shared.log.lock().expect("not poisoned");
+        let attempts = log
+            .attempts
+            .entry(headers.get("idempotency-key").cloned())
+            .or_default();
+        *attempts += 1;
         let mut recorded = Recorded {
             headers,
             body,
             at: Instant::now(),
-            attempt,
+            attempt: *attempts,
             status: 0,
         };
         let answer = (shared.script)(&recorded);
         recorded.status = answer.status;
-        requests.push(recorded);
+        log.requests.push(recorded);
         let status = StatusCode::from_u16(answer.status).expect("a valid status");
         (answer, status)
     };

@@ -1,6 +1,7 @@
-//! The `type: http` sink block: the webhook URL, its headers (secret ones
-//! from the environment) and the request timeout. Each field's doc comment is
-//! its user documentation.
+//! The `type: http` sink block: the webhook URL (from the file, or from the
+//! environment when it holds a secret), its headers (secret ones from the
+//! environment) and the request timeout. Each field's doc comment is its
+//! user documentation.
 
 use std::{collections::BTreeMap, time::Duration};
 
@@ -13,7 +14,10 @@ use crate::config::{ConfigError, raw::duration};
 #[serde(deny_unknown_fields)]
 pub struct HttpSinkConfig {
     /// The `http://` or `https://` URL each event is POSTed to.
-    pub url: String,
+    pub url: Option<String>,
+    /// Instead of `url`: the environment variable holding it, for URLs that
+    /// carry a secret.
+    pub url_env: Option<String>,
     /// Headers sent with every request (not secrets: see `headers_env`).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
@@ -33,24 +37,32 @@ fn default_timeout() -> Duration {
 /// Headers Jetline sets itself.
 const RESERVED_HEADERS: &[&str] = &["content-type", "idempotency-key", "content-length"];
 
+/// Headers that carry credentials: only from the environment.
+const SECRET_HEADERS: &[&str] = &["authorization", "proxy-authorization", "cookie"];
+
 impl HttpSinkConfig {
     pub fn check(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                if !url.password().unwrap_or_default().is_empty() {
+        match (&self.url, &self.url_env) {
+            (Some(url), None) => {
+                if let Err(message) = check_url(url) {
+                    errors.push(ConfigError::new(format!("{path}.url"), message));
+                }
+            }
+            (None, Some(variable)) => {
+                if !is_variable_name(variable) {
                     errors.push(ConfigError::new(
-                        format!("{path}.url"),
-                        "must not hold a password: use headers_env",
+                        format!("{path}.url_env"),
+                        format!("{variable:?} is not an environment variable name"),
                     ));
                 }
             }
-            Ok(url) => errors.push(ConfigError::new(
-                format!("{path}.url"),
-                format!("unsupported scheme {:?} (http or https)", url.scheme()),
+            (Some(_), Some(_)) => errors.push(ConfigError::new(
+                format!("{path}.url_env"),
+                "give url or url_env, not both",
             )),
-            Err(err) => errors.push(ConfigError::new(
+            (None, None) => errors.push(ConfigError::new(
                 format!("{path}.url"),
-                format!("invalid URL: {err}"),
+                "missing: give url or url_env",
             )),
         }
         if self.timeout.is_zero() {
@@ -70,6 +82,13 @@ impl HttpSinkConfig {
                 errors.push(ConfigError::new(key, "invalid header name"));
             } else if RESERVED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
                 errors.push(ConfigError::new(key, "set by Jetline itself"));
+            } else if section == "headers"
+                && SECRET_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+            {
+                errors.push(ConfigError::new(
+                    key,
+                    "a credential: set it with headers_env",
+                ));
             }
         }
         for (name, value) in &self.headers {
@@ -81,7 +100,7 @@ impl HttpSinkConfig {
             }
         }
         for (name, variable) in &self.headers_env {
-            if variable.is_empty() || variable.contains('=') {
+            if !is_variable_name(variable) {
                 errors.push(ConfigError::new(
                     format!("{path}.headers_env.{name}"),
                     format!("{variable:?} is not an environment variable name"),
@@ -95,4 +114,28 @@ impl HttpSinkConfig {
             }
         }
     }
+}
+
+/// A webhook URL: http or https, without a password.
+pub fn check_url(text: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text).map_err(|err| format!("invalid URL: {err}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(format!(
+            "unsupported scheme {:?} (http or https)",
+            url.scheme()
+        ));
+    }
+    if url.password().is_some_and(|password| !password.is_empty()) {
+        return Err("must not hold a password: use url_env or headers_env".into());
+    }
+    Ok(url)
+}
+
+/// A name `std::env::var` can look up: letters, digits and '_', not
+/// starting with a digit.
+pub fn is_variable_name(name: &str) -> bool {
+    name.chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

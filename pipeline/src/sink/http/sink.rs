@@ -15,7 +15,7 @@ use reqwest::{
     redirect,
 };
 
-use super::config::HttpSinkConfig;
+use super::config::{HttpSinkConfig, check_url};
 use crate::sink::{
     Applied, Event, Sink, SinkError,
     jetstream::{CARRIED_HEADERS, header},
@@ -37,7 +37,17 @@ impl HttpSink {
     /// Reads the `headers_env` variables and builds the client.
     pub fn new(name: &str, config: &HttpSinkConfig) -> Result<Self, SinkError> {
         let setup = |message: String| SinkError::Setup(format!("sinks.{name}: {message}"));
-        let url = reqwest::Url::parse(&config.url).map_err(|err| setup(err.to_string()))?;
+        let url = match (&config.url, &config.url_env) {
+            (Some(url), _) => check_url(url).map_err(setup)?,
+            (None, Some(variable)) => std::env::var(variable)
+                .ok()
+                .and_then(|text| check_url(&text).ok())
+                .ok_or_else(|| SinkError::Environment {
+                    variable: variable.clone(),
+                    key: format!("sinks.{name}.url_env"),
+                })?,
+            (None, None) => return Err(setup("no url".into())),
+        };
         let mut headers = HeaderMap::new();
         for (name_text, value) in &config.headers {
             let header_name = HeaderName::from_bytes(name_text.as_bytes())

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use crate::{
     config::{ConfigError, raw::duration},
     schema::SchemaRegistry,
-    sink::{rules_with_schemas, value::ValuePath},
+    sink::{http::config::is_variable_name, rules_with_schemas, value::ValuePath},
 };
 
 /// Applies events to PostgreSQL tables, in batches, each batch one
@@ -99,16 +99,7 @@ const MAX_BATCH_EVENTS: usize = 10_000;
 impl PostgresSinkConfig {
     /// Checks names, limits and that each statement uses exactly its params.
     pub fn check(&self, path: &str, errors: &mut Vec<ConfigError>) {
-        let valid_variable = self
-            .url_env
-            .chars()
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && self
-                .url_env
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid_variable {
+        if !is_variable_name(&self.url_env) {
             errors.push(ConfigError::new(
                 format!("{path}.url_env"),
                 format!("{:?} is not an environment variable name", self.url_env),
