@@ -315,3 +315,25 @@ async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied(
         .get(0);
     assert_eq!(checkpoints as usize, stored.len());
 }
+
+#[tokio::test]
+async fn a_missing_connection_string_stops_jetline_with_exit_2_naming_the_key() {
+    use std::io::Write;
+    let server = NatsServer::start();
+    let yaml = counting_config(&server.url(), "PGMISSING", "pg_missing_counts", "");
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(yaml.as_bytes()).expect("written");
+    let output = tokio::process::Command::new(jetline_bin())
+        .args(["run", "--config"])
+        .arg(file.path())
+        .env_remove("PGMISSING_DATABASE_URL")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("jetline exits")
+        .expect("jetline runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PGMISSING_DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("sinks.counts.url_env"), "{stderr}");
+}
