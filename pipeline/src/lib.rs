@@ -8,6 +8,7 @@
 //! - `upcast`: an envelope -> the same event at its sink's target version.
 //! - `route`: which sinks want an event.
 //! - `lanes`: per-aggregate order, aggregates in parallel.
+//! - `recovery`: after a crash, the events left unacked go before newer ones.
 //! - `sink`: the [`sink::Sink`] trait and one module per kind.
 //! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
 //! - `dead_letter`: dead-letter reasons, headers and publishing.
@@ -47,7 +48,10 @@ use crate::{
     pipeline::Pipeline,
     route::Router,
     schema::{SchemaError, SchemaRegistry},
-    sink::{Sink, SinkError, custom::CustomSinks, jetstream::JetStreamSink},
+    sink::{
+        Sink, SinkError, custom::CustomSinks, http::HttpSink, jetstream::JetStreamSink, kv::KvSink,
+        postgres::PostgresSink,
+    },
     source::SourceError,
     telemetry::Readiness,
     upcast::{CodeSteps, Upcasters},
@@ -83,6 +87,7 @@ impl RunError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Config(_) | RunError::Schema(_) | RunError::Usage(_) => 2,
+            RunError::Sink { source, .. } if source.is_setup() => 2,
             RunError::Connect(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
@@ -112,6 +117,7 @@ pub fn prepare(config: Config) -> Result<Prepared, RunError> {
 pub fn prepare_with(config: Config, code_steps: &CodeSteps) -> Result<Prepared, RunError> {
     let registry = SchemaRegistry::load(&config.schemas)?;
     let mut errors = route::check_against_schemas(&config, &registry);
+    errors.extend(sink::check_against_schemas(&config, &registry));
     let upcasters = upcast::check::build(&config, &registry, code_steps)
         .map_err(|mut upcast_errors| errors.append(&mut upcast_errors))
         .ok();
@@ -206,6 +212,10 @@ pub async fn run_prepared(
             readiness: &readiness,
             shutdown: &shutdown,
         };
+        let sink_error = |source| RunError::Sink {
+            sink: sink_name.clone(),
+            source,
+        };
         match &sink.kind {
             SinkKind::JetStream(settings) => {
                 let built = JetStreamSink::new(jetstream.clone(), settings).map_err(|source| {
@@ -220,6 +230,33 @@ pub async fn run_prepared(
                 if let Some(custom) = custom_sinks.get(sink_name) {
                     spawn.consumers_of(sink_name, Arc::new(custom), &mut consumers);
                 }
+            }
+            SinkKind::Kv(settings) => {
+                let built = KvSink::open(jetstream.clone(), sink_name, settings)
+                    .await
+                    .map_err(sink_error)?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Postgres(settings) => {
+                let feeders = config
+                    .pipelines
+                    .iter()
+                    .filter(|pipeline| pipeline.sink == *sink_name)
+                    .count()
+                    * sink.consumer.concurrency;
+                let built = PostgresSink::start(
+                    sink_name,
+                    settings,
+                    prepared.decoder.registry(),
+                    sink.schema_version,
+                    feeders,
+                )
+                .map_err(sink_error)?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            }
+            SinkKind::Http(settings) => {
+                let built = HttpSink::new(sink_name, settings).map_err(sink_error)?;
+                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
             }
         }
     }

@@ -50,8 +50,15 @@ impl Outcome {
 
 /// Turns a sink's answer into an outcome, given the attempt number (the
 /// server's delivery count, which survives restarts) and the sink's retry
-/// policy.
-pub fn decide(result: &Result<Applied, SinkError>, attempt: u32, retry: &RetryPolicy) -> Outcome {
+/// policy. A sink's `Retry-After` is a floor under the backoff, honoured up to
+/// `retry_after_cap` (the consumer's `ack_wait`, which crash recovery waits
+/// for).
+pub fn decide(
+    result: &Result<Applied, SinkError>,
+    attempt: u32,
+    retry: &RetryPolicy,
+    retry_after_cap: Duration,
+) -> Outcome {
     match result {
         Ok(Applied::Written) => Outcome::Applied,
         Ok(Applied::Skipped) => Outcome::Skipped,
@@ -64,8 +71,10 @@ pub fn decide(result: &Result<Applied, SinkError>, attempt: u32, retry: &RetryPo
                 reason: DeadLetterReason::MaxAttempts,
                 error: error.to_string(),
             },
+            // The destination's own `Retry-After` is a floor under the backoff.
             ErrorClass::Transient => Outcome::Retry {
-                after: jittered(retry.delay_after(attempt), retry.jitter),
+                after: jittered(retry.delay_after(attempt), retry.jitter)
+                    .max(error.retry_after().unwrap_or_default().min(retry_after_cap)),
             },
         },
     }
@@ -189,6 +198,8 @@ fn log_ack_failure(
 mod tests {
     use super::*;
 
+    const CAP: Duration = Duration::from_secs(10);
+
     fn policy() -> RetryPolicy {
         RetryPolicy {
             max_attempts: 3,
@@ -205,39 +216,61 @@ mod tests {
             message: "big".into(),
         });
         assert_eq!(
-            decide(&Ok(Applied::Written), 1, &policy()),
+            decide(&Ok(Applied::Written), 1, &policy(), CAP),
             Outcome::Applied
         );
         assert_eq!(
-            decide(&Ok(Applied::Skipped), 1, &policy()),
+            decide(&Ok(Applied::Skipped), 1, &policy(), CAP),
             Outcome::Skipped
         );
         assert_eq!(
-            decide(&transient, 1, &policy()),
+            decide(&transient, 1, &policy(), CAP),
             Outcome::Retry {
                 after: Duration::from_millis(100)
             }
         );
         assert_eq!(
-            decide(&transient, 2, &policy()),
+            decide(&transient, 2, &policy(), CAP),
             Outcome::Retry {
                 after: Duration::from_secs(1)
             }
         );
         assert!(matches!(
-            decide(&transient, 3, &policy()),
+            decide(&transient, 3, &policy(), CAP),
             Outcome::DeadLetter {
                 reason: DeadLetterReason::MaxAttempts,
                 ..
             }
         ));
         assert!(matches!(
-            decide(&permanent, 1, &policy()),
+            decide(&permanent, 1, &policy(), CAP),
             Outcome::DeadLetter {
                 reason: DeadLetterReason::SinkRejected,
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn retry_after_is_a_floor_under_the_backoff_up_to_the_cap() {
+        let unavailable = |millis| {
+            Err(SinkError::HttpUnavailable {
+                status: 503,
+                retry_after: Some(Duration::from_millis(millis)),
+            })
+        };
+        let cases = [
+            (unavailable(500), Duration::from_millis(500)),
+            (unavailable(0), Duration::from_millis(100)),
+            (unavailable(60_000), CAP),
+        ];
+        for (result, expected) in cases {
+            assert_eq!(
+                decide(&result, 1, &policy(), CAP),
+                Outcome::Retry { after: expected },
+                "{result:?}"
+            );
+        }
     }
 
     #[test]

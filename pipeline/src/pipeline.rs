@@ -385,7 +385,12 @@ impl<S: Sink> Pipeline<S> {
                 "Sink write failed"
             );
         }
-        outcome::decide(&result, event.delivery.attempt, &self.settings.retry)
+        outcome::decide(
+            &result,
+            event.delivery.attempt,
+            &self.settings.retry,
+            self.settings.ack_wait,
+        )
     }
 
     /// The event type as a metric label: only types the schemas know, so a

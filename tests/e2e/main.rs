@@ -3,10 +3,15 @@
 
 mod support;
 
+mod bench;
 mod check;
 mod core;
 mod delivery;
 mod dlq;
+mod http;
+mod kv;
 mod observability;
 mod packaging;
+mod postgres;
+mod projections;
 mod upcast;

@@ -24,6 +24,27 @@ pub fn summary(prepared: &Prepared) -> String {
         let target = match &sink.kind {
             SinkKind::JetStream(js) => format!("subject {} ({:?})", js.subject, js.format),
             SinkKind::Custom => "registered by the embedding program".to_owned(),
+            SinkKind::Kv(kv) => format!(
+                "bucket {} key {} on {:?}",
+                kv.bucket,
+                kv.key,
+                kv.on.keys().collect::<Vec<_>>()
+            ),
+            SinkKind::Postgres(pg) => format!(
+                "url from ${}, batch {} events or {}, on {:?}",
+                pg.url_env,
+                pg.batch.max_events,
+                humantime::format_duration(pg.batch.max_wait),
+                pg.on.keys().collect::<Vec<_>>()
+            ),
+            SinkKind::Http(http) => format!(
+                "POST {} (timeout {})",
+                match (&http.url, &http.url_env) {
+                    (Some(url), _) => url.clone(),
+                    (None, variable) => format!("${}", variable.as_deref().unwrap_or_default()),
+                },
+                humantime::format_duration(http.timeout)
+            ),
         };
         let c = &sink.consumer;
         let _ = writeln!(out, "  {name}: {} {target}", sink.kind.type_name());

@@ -87,6 +87,9 @@ pub enum SinkKind {
     JetStream(raw::JetStreamSinkConfig),
     /// Registered in code by a program embedding the library.
     Custom,
+    Kv(crate::sink::kv::KvSinkConfig),
+    Postgres(crate::sink::postgres::PostgresSinkConfig),
+    Http(crate::sink::http::HttpSinkConfig),
 }
 
 impl SinkKind {
@@ -94,6 +97,18 @@ impl SinkKind {
         match self {
             SinkKind::JetStream(_) => "jetstream",
             SinkKind::Custom => "custom",
+            SinkKind::Kv(_) => "kv",
+            SinkKind::Postgres(_) => "postgres",
+            SinkKind::Http(_) => "http",
+        }
+    }
+
+    /// Read models skip what they already applied by comparing sequences
+    /// per aggregate, which holds only with `ordering: per_key`.
+    pub fn needs_per_key_order(&self) -> bool {
+        match self {
+            SinkKind::Kv(_) | SinkKind::Postgres(_) => true,
+            SinkKind::JetStream(_) | SinkKind::Http(_) | SinkKind::Custom => false,
         }
     }
 }

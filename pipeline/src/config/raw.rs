@@ -342,7 +342,8 @@ pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, 
         .map_err(|err| serde::de::Error::custom(format!("invalid duration {text:?}: {err}")))
 }
 
-fn optional_duration<'de, D: Deserializer<'de>>(
+/// An optional humantime duration.
+pub fn optional_duration<'de, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Duration>, D::Error> {
     duration(deserializer).map(Some)

@@ -8,7 +8,7 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, PipelineSpec,
+    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, PipelineSpec,
     RetryPolicy, RouteSpec, SinkKind, SinkSpec,
     raw::{self, ConsumerOverrides, RawConfig, SINK_COMMON_KEYS},
 };
@@ -134,7 +134,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     })
 }
 
-const SINK_TYPES: &str = "jetstream, custom";
+const SINK_TYPES: &str = "jetstream, kv, postgres, http, custom";
 
 /// A block that takes no keys of its own.
 #[derive(serde::Deserialize)]
@@ -202,6 +202,24 @@ fn parse_sink(
             let _: Option<NoKeys> = parse_at(errors, &path, serde_json::Value::Object(specific));
             Some(SinkKind::Custom)
         }
+        Some("kv") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::kv::KvSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Kv(config)
+            },
+        ),
+        Some("postgres") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::postgres::PostgresSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Postgres(config)
+            },
+        ),
+        Some("http") => parse_at(errors, &path, serde_json::Value::Object(specific)).map(
+            |config: crate::sink::http::HttpSinkConfig| {
+                config.check(&path, errors);
+                SinkKind::Http(config)
+            },
+        ),
         Some(other) => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
@@ -219,10 +237,23 @@ fn parse_sink(
     };
     let overrides = overrides?;
     check_overrides(errors, &path, &overrides);
+    let consumer = merge(durable_prefix, defaults, &overrides);
+    if let Some(kind) = &kind
+        && kind.needs_per_key_order()
+        && consumer.ordering != Ordering::PerKey
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.ordering"),
+            format!(
+                "a {} sink needs ordering per_key: it skips events by their sequence per aggregate",
+                kind.type_name()
+            ),
+        ));
+    }
     Some(SinkSpec {
         name: name.to_owned(),
         kind: kind?,
-        consumer: merge(durable_prefix, defaults, &overrides),
+        consumer,
         schema_version,
     })
 }

@@ -18,7 +18,7 @@ use crate::{
 };
 
 /// Headers copied from the source message when present (W3C trace context).
-const CARRIED_HEADERS: &[&str] = &["traceparent", "tracestate", "baggage"];
+pub const CARRIED_HEADERS: &[&str] = &["traceparent", "tracestate", "baggage"];
 
 /// Header names written on each published event.
 pub mod header {

@@ -1,16 +1,29 @@
 //! The [`Sink`] trait, the [`Event`] a sink receives, and [`SinkError`] with
-//! its retry [`ErrorClass`]. One module per sink kind.
+//! its retry [`ErrorClass`]. One module per sink kind; `value` holds the
+//! value paths the read-model sinks (KV, PostgreSQL) share.
 //!
 //! A sink returns only once its write is durable (the stream acked it, the
 //! transaction committed, the webhook answered 2xx): the caller acks the
 //! source message after that, never before.
 
 pub mod custom;
+pub mod http;
 pub mod jetstream;
+pub mod kv;
+pub mod postgres;
+pub mod value;
 
-use std::future::Future;
+use std::{collections::BTreeMap, future::Future, time::Duration};
 
-use crate::{envelope::Envelope, source::Delivery, template::TemplateError};
+use prost_reflect::MessageDescriptor;
+
+use crate::{
+    config::{Config, ConfigError, SinkKind},
+    envelope::Envelope,
+    schema::SchemaRegistry,
+    source::Delivery,
+    template::TemplateError,
+};
 
 /// A validated event on its way to a sink, with the delivery it came from
 /// (whose ack handle travels with it).
@@ -42,7 +55,7 @@ pub enum ErrorClass {
     Permanent,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum SinkError {
     #[error("cannot render {what}: {source}")]
     Render {
@@ -66,6 +79,31 @@ pub enum SinkError {
     /// The sink cannot apply it now (a custom sink's verdict).
     #[error("unavailable: {0}")]
     Unavailable(String),
+    #[error("cannot take value {0}")]
+    Value(#[from] value::ValueError),
+    #[error("document {key}: {message}")]
+    Document { key: String, message: String },
+    #[error("key-value store: {0}")]
+    KeyValue(String),
+    #[error("document {key} kept changing under concurrent writers")]
+    Conflict { key: String },
+    #[error("statement rejected ({code}): {message}")]
+    StatementRejected { code: String, message: String },
+    #[error("database error ({code}): {message}")]
+    Database { code: String, message: String },
+    #[error("no database connection available: {0}")]
+    Pool(String),
+    #[error("webhook answered {status}: {body}")]
+    HttpRejected { status: u16, body: String },
+    #[error("webhook answered {status}")]
+    HttpUnavailable {
+        status: u16,
+        retry_after: Option<Duration>,
+    },
+    #[error("environment variable {variable} (from {key}) is not set or not valid")]
+    Environment { variable: String, key: String },
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl SinkError {
@@ -81,6 +119,287 @@ impl SinkError {
             SinkError::TooLarge { .. } => ErrorClass::Permanent,
             SinkError::Rejected(_) => ErrorClass::Permanent,
             SinkError::Unavailable(_) => ErrorClass::Transient,
+            SinkError::Value(_) => ErrorClass::Permanent,
+            SinkError::Document { .. } => ErrorClass::Permanent,
+            SinkError::KeyValue(_) => ErrorClass::Transient,
+            SinkError::Conflict { .. } => ErrorClass::Transient,
+            SinkError::StatementRejected { .. } => ErrorClass::Permanent,
+            SinkError::Database { .. } => ErrorClass::Transient,
+            SinkError::Pool(_) => ErrorClass::Transient,
+            SinkError::HttpRejected { .. } => ErrorClass::Permanent,
+            SinkError::HttpUnavailable { .. } => ErrorClass::Transient,
+            SinkError::Environment { .. } => ErrorClass::Permanent,
+            SinkError::Setup(_) => ErrorClass::Permanent,
         }
+    }
+
+    /// The least delay the destination asked for before the next attempt
+    /// (an HTTP `Retry-After`).
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::HttpUnavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+
+    /// Whether the error comes from the environment Jetline was started in
+    /// (a missing variable): a configuration problem.
+    pub fn is_setup(&self) -> bool {
+        matches!(self, SinkError::Environment { .. })
+    }
+}
+
+/// The payload schema a sink's rule for `event_type` is checked against:
+/// the sink's pinned `schema_version`, else the newest version.
+pub fn schema_for<'r>(
+    registry: &'r SchemaRegistry,
+    event_type: &str,
+    pin: Option<u32>,
+) -> Result<&'r MessageDescriptor, String> {
+    let version = match pin {
+        Some(version) => version,
+        None => registry
+            .newest(event_type)
+            .ok_or_else(|| format!("no schema for event type {event_type:?}"))?,
+    };
+    registry
+        .resolve(event_type, version)
+        .ok_or_else(|| format!("no schema for event type {event_type:?} at version {version}"))
+}
+
+/// Each rule of an `on:` map with its key path and the schema it is checked
+/// against; event types without one are reported.
+pub fn rules_with_schemas<'c, 'r, R>(
+    on: &'c BTreeMap<String, R>,
+    path: &str,
+    registry: &'r SchemaRegistry,
+    pin: Option<u32>,
+    errors: &mut Vec<ConfigError>,
+) -> Vec<(String, &'c R, &'r MessageDescriptor)> {
+    let mut found = Vec::new();
+    for (event_type, rule) in on {
+        let rule_path = format!("{path}.on.{event_type}");
+        match schema_for(registry, event_type, pin) {
+            Ok(schema) => found.push((rule_path, rule, schema)),
+            Err(message) => errors.push(ConfigError::new(rule_path, message)),
+        }
+    }
+    found
+}
+
+/// Checks the read-model sinks against the schemas (every value path of
+/// every rule) and against the sources feeding them.
+pub fn check_against_schemas(config: &Config, registry: &SchemaRegistry) -> Vec<ConfigError> {
+    let mut errors = Vec::new();
+    for (name, sink) in &config.sinks {
+        let path = format!("sinks.{name}");
+        match &sink.kind {
+            SinkKind::Kv(kv) => kv.check_schemas(&path, registry, sink.schema_version, &mut errors),
+            SinkKind::Postgres(postgres) => {
+                postgres.check_schemas(&path, registry, sink.schema_version, &mut errors)
+            }
+            SinkKind::JetStream(_) | SinkKind::Http(_) | SinkKind::Custom => continue,
+        }
+        // Checkpoints are kept per (stream, aggregate): two consumers of one
+        // stream would each see only part of an aggregate's events.
+        let feeding: Vec<_> = config
+            .pipelines
+            .iter()
+            .filter(|pipeline| pipeline.sink == *name)
+            .collect();
+        for (index, pipeline) in feeding.iter().enumerate() {
+            if let Some(other) = feeding[..index]
+                .iter()
+                .find(|other| other.stream == pipeline.stream)
+            {
+                errors.push(ConfigError::new(
+                    path.clone(),
+                    format!(
+                        "sources {:?} and {:?} both read stream {}: a {} sink takes one source per stream \
+                         (list both subjects in one source)",
+                        other.source,
+                        pipeline.source,
+                        pipeline.stream,
+                        sink.kind.type_name()
+                    ),
+                ));
+            }
+        }
+    }
+    errors
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{RunError, config::load_str, prepare};
+
+    /// The key paths of every problem with a configuration holding `sinks`.
+    fn problems(sinks: &str, sources: &str, routes: &str) -> Vec<String> {
+        let yaml = format!(
+            "nats: {{ url: 'nats://127.0.0.1:4222' }}\n\
+             schemas: {{ dir: '{}/../schemas' }}\n\
+             sources:\n  orders: {{ stream: ORDERS, subjects: ['orders.>'] }}\n{sources}\
+             routes:\n  - {{ name: all, from: orders, to: [s] }}\n{routes}\
+             sinks:\n  s: {sinks}\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let errors = match load_str(&yaml).map(prepare) {
+            Err(errors) => errors,
+            Ok(Err(RunError::Config(errors))) => errors,
+            Ok(Err(other)) => panic!("{other}"),
+            Ok(Ok(_)) => return Vec::new(),
+        };
+        errors.0.into_iter().map(|error| error.path).collect()
+    }
+
+    #[test]
+    fn good_read_model_sinks_pass() {
+        let sinks = [
+            "{ type: kv, bucket: B, on: { orders.OrderCreated: { set: { s: created, c: payload.customer_id, t: occurred_at }, \
+             increment: { n: payload.total_amount_cents }, append: { l: { value: aggregate_id, max_len: 3 } } }, \
+             orders.OrderCancelled: { delete: true } } }",
+            "{ type: postgres, on: { orders.OrderCreated: { sql: 'INSERT INTO t VALUES ($1, $2)', \
+             params: [aggregate_id, payload.total_amount_cents] } } }",
+            "{ type: postgres, schema_version: 1, on: { orders.OrderCreated: { sql: 'SELECT $1', params: [payload.total] } } }",
+            "{ type: http, url: 'https://example.internal/hook', headers_env: { Authorization: TOKEN }, timeout: 2s }",
+            "{ type: http, url_env: HOOK_URL }",
+        ];
+        for sink in sinks {
+            assert_eq!(problems(sink, "", ""), Vec::<String>::new(), "{sink}");
+        }
+    }
+
+    #[test]
+    fn every_read_model_problem_names_its_key() {
+        let created = "orders.OrderCreated";
+        let cases = [
+            (
+                format!(
+                    "{{ type: kv, bucket: B, on: {{ {created}: {{ set: {{ t: payload.total }} }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.set.t"),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, bukket: C, on: {{ {created}: {{ delete: true }} }} }}"
+                ),
+                "sinks.s.bukket".to_owned(),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, on: {{ {created}: {{ increment: {{ n: payload.customer_id }} }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.increment.n"),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, on: {{ {created}: {{ delete: true, unset: [a] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.delete"),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, on: {{ {created}: {{ set: {{ _jetline: 1 }} }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.set._jetline"),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, on: {{ {created}: {{ set: {{ a: 1 }}, unset: [a.b] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.unset[0]"),
+            ),
+            (
+                format!(
+                    "{{ type: kv, bucket: B, ordering: none, on: {{ {created}: {{ delete: true }} }} }}"
+                ),
+                "sinks.s.ordering".to_owned(),
+            ),
+            (
+                "{ type: kv, bucket: B, on: { orders.Nope: { delete: true } } }".to_owned(),
+                "sinks.s.on.orders.Nope".to_owned(),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, on: {{ {created}: {{ sql: 'SELECT $1, $2', params: [aggregate_id, payload.nope] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.params[1]"),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, on: {{ {created}: {{ sql: 'SELECT $1, $2', params: [aggregate_id] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.params"),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, on: {{ {created}: {{ sql: 'SELECT $1', params: [created] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.params[0]"),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, schema_version: 1, on: {{ {created}: {{ sql: 'SELECT $1', params: [payload.total_amount_cents] }} }} }}"
+                ),
+                format!("sinks.s.on.{created}.params[0]"),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, batch: {{ max_events: 0 }}, on: {{ {created}: {{ sql: 'SELECT 1' }} }} }}"
+                ),
+                "sinks.s.batch.max_events".to_owned(),
+            ),
+            (
+                format!(
+                    "{{ type: postgres, url: 'postgres://x', on: {{ {created}: {{ sql: 'SELECT 1' }} }} }}"
+                ),
+                "sinks.s.url".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'ftp://example.internal' }".to_owned(),
+                "sinks.s.url".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', headers_env: { Content-Type: X } }".to_owned(),
+                "sinks.s.headers_env.Content-Type".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', timeout: soon }".to_owned(),
+                "sinks.s.timeout".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', headers: { Authorization: 'Bearer x' } }"
+                    .to_owned(),
+                "sinks.s.headers.Authorization".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'http://h', url_env: HOOK_URL }".to_owned(),
+                "sinks.s.url_env".to_owned(),
+            ),
+            (
+                "{ type: http, timeout: 1s }".to_owned(),
+                "sinks.s.url".to_owned(),
+            ),
+            (
+                "{ type: http, url: 'https://u:pw@h/' }".to_owned(),
+                "sinks.s.url".to_owned(),
+            ),
+        ];
+        for (sink, expected) in cases {
+            let found = problems(&sink, "", "");
+            assert!(
+                found.contains(&expected),
+                "{sink}: expected {expected}, got {found:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_read_model_takes_one_source_per_stream() {
+        let sink = "{ type: kv, bucket: B, on: { orders.OrderCancelled: { delete: true } } }";
+        let second_source = "  more: { stream: ORDERS, subjects: ['orders.x'] }\n";
+        let second_route = "  - { name: more, from: more, to: [s] }\n";
+        assert!(problems(sink, second_source, "").is_empty());
+        assert_eq!(problems(sink, second_source, second_route), ["sinks.s"]);
     }
 }

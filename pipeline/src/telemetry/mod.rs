@@ -33,6 +33,13 @@ pub const CONSUMER_REDELIVERED_MESSAGES: &str = "jetline_consumer_redelivered_me
 pub const CONSUMER_LAG_SECONDS: &str = "jetline_consumer_lag_seconds";
 pub const NATS_CONNECTED: &str = "jetline_nats_connected";
 pub const BUILD_INFO: &str = "jetline_build_info";
+pub const SINK_BATCH_EVENTS: &str = "jetline_sink_batch_events";
+pub const SINK_CONFLICTS_TOTAL: &str = "jetline_sink_conflicts_total";
+
+/// Histogram buckets of batch sizes, 1 to 10 000 events.
+const BATCH_BUCKETS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0,
+];
 
 /// Buckets of `jetline_sink_duration_seconds`: 0.1 ms to 10 s.
 const SINK_BUCKETS: &[f64] = &[
@@ -91,6 +98,14 @@ fn describe() {
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, 0 otherwise");
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
+    describe_histogram!(
+        SINK_BATCH_EVENTS,
+        "Events written per PostgreSQL transaction"
+    );
+    describe_counter!(
+        SINK_CONFLICTS_TOTAL,
+        "KV compare-and-set attempts that lost to another writer and were retried"
+    );
 }
 
 pub fn event(source: &str, sink: &str, event_type: &str, outcome: &'static str) {
@@ -135,6 +150,16 @@ pub fn sink_duration(sink: &str, elapsed: Duration) {
 
 pub fn end_to_end(sink: &str, seconds: f64) {
     histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()).record(seconds.max(0.0));
+}
+
+/// Events in one batch written by a batching sink (PostgreSQL).
+pub fn sink_batch(sink: &str, events: usize) {
+    histogram!(SINK_BATCH_EVENTS, "sink" => sink.to_owned()).record(events as f64);
+}
+
+/// A compare-and-set lost to another writer, tried again (KV).
+pub fn sink_conflict(sink: &str) {
+    counter!(SINK_CONFLICTS_TOTAL, "sink" => sink.to_owned()).increment(1);
 }
 
 pub fn nats_connected(connected: bool) {
@@ -205,6 +230,8 @@ pub fn install_recorder() -> Result<PrometheusHandle, String> {
                 END_TO_END_BUCKETS,
             )
         })
+        .map_err(|err| err.to_string())?
+        .set_buckets_for_metric(Matcher::Full(SINK_BATCH_EVENTS.into()), BATCH_BUCKETS)
         .map_err(|err| err.to_string())?
         .install_recorder()
         .map_err(|err| err.to_string())?;

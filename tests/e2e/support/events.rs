@@ -144,3 +144,14 @@ pub async fn publish_all(js: &jetstream::Context, messages: Vec<Outgoing>) {
         }
     }
 }
+
+/// `orders.OrderCancelled` v1.
+pub fn cancelled_v1(event_id: &str, aggregate_id: &str) -> Value {
+    envelope_json(
+        event_id,
+        "orders.OrderCancelled",
+        1,
+        aggregate_id,
+        json!({ "orderId": aggregate_id, "reason": "CANCEL_REASON_CUSTOMER_REQUEST" }),
+    )
+}

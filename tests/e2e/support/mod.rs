@@ -1,12 +1,16 @@
 //! The test harness: a real nats-server per test, Jetline in-process or as the
-//! built binary, event builders and stream readers.
+//! built binary, event builders and stream readers; PostgreSQL and a local
+//! webhook server for the read-model sinks.
 
 #![allow(dead_code)]
 
 pub mod events;
 pub mod flaky;
+pub mod http;
 pub mod nats;
+pub mod postgres;
 pub mod prometheus;
+pub mod sinks;
 
 use std::{
     future::Future,
@@ -16,8 +20,11 @@ use std::{
 
 pub use events::*;
 pub use flaky::*;
+pub use http::*;
 pub use nats::*;
+pub use postgres::*;
 pub use prometheus::*;
+pub use sinks::*;
 
 /// The workspace root.
 pub fn root() -> PathBuf {

@@ -174,6 +174,11 @@ pub struct Process {
 
 impl Process {
     pub fn start(yaml: &str) -> Self {
+        Self::start_with_env(yaml, &[])
+    }
+
+    /// With extra environment variables (secrets such as `url_env`).
+    pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
         use std::io::Write;
         let mut file = tempfile::NamedTempFile::new().expect("config file");
         file.write_all(yaml.as_bytes()).expect("config written");
@@ -181,6 +186,7 @@ impl Process {
             .args(["run", "--config"])
             .arg(file.path())
             .env("JETLINE_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .spawn()
             .expect("jetline starts");

@@ -1,0 +1,246 @@
+//! The KV sink: reads the key's document and revision, applies the event's
+//! rule, and writes it back with compare-and-set on that revision; a
+//! conflicting writer makes it read and try again.
+//!
+//! **Invariant:** the written document records the event's source sequence,
+//! and an event whose sequence is not above the recorded one is skipped: a
+//! redelivery never applies twice. A delete writes a KV delete marker whose
+//! body keeps that record, so a late redelivery cannot bring a deleted
+//! document back.
+
+use std::collections::HashMap;
+
+use async_nats::{
+    HeaderMap,
+    jetstream::{
+        self,
+        context::PublishErrorKind,
+        kv::{self, EntryErrorKind, UpdateErrorKind},
+    },
+};
+use serde_json::{Map, Value};
+
+use super::{
+    config::KvSinkConfig,
+    document::{self, ApplyError, Rule},
+};
+use crate::{
+    sink::{Applied, Event, Sink, SinkError, value::Position},
+    telemetry,
+    template::Template,
+};
+
+/// Reads and writes of one event before a conflict is handed back as a
+/// transient error (the event is then retried with backoff).
+const MAX_CAS_ATTEMPTS: usize = 16;
+
+pub struct KvSink {
+    name: String,
+    jetstream: jetstream::Context,
+    store: kv::Store,
+    key: Template,
+    rules: HashMap<String, Rule>,
+}
+
+impl KvSink {
+    /// Opens the bucket, creating it when missing.
+    pub async fn open(
+        jetstream: jetstream::Context,
+        name: &str,
+        config: &KvSinkConfig,
+    ) -> Result<Self, SinkError> {
+        let key = Template::parse_subject(&config.key).map_err(|source| SinkError::Render {
+            what: "key",
+            source,
+        })?;
+        let store = match jetstream.get_key_value(&config.bucket).await {
+            Ok(store) => store,
+            Err(_) => jetstream
+                .create_key_value(kv::Config {
+                    bucket: config.bucket.clone(),
+                    history: config.history,
+                    max_age: config.ttl.unwrap_or_default(),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|err| {
+                    SinkError::Setup(format!("cannot create bucket {}: {err}", config.bucket))
+                })?,
+        };
+        let rules = config
+            .on
+            .iter()
+            .map(|(event_type, rule)| (event_type.clone(), Rule::from_config(rule)))
+            .collect();
+        Ok(Self {
+            name: name.to_owned(),
+            jetstream,
+            store,
+            key,
+            rules,
+        })
+    }
+
+    /// The key's document and revision (0 when the key never existed). A
+    /// delete marker reads as the record it carries.
+    async fn read(&self, key: &str) -> Result<(Map<String, Value>, u64), SinkError> {
+        let entry = self
+            .store
+            .entry(key)
+            .await
+            .map_err(|err| match err.kind() {
+                EntryErrorKind::InvalidKey => invalid_key(key),
+                EntryErrorKind::TimedOut => SinkError::Timeout(format!("reading key {key}")),
+                EntryErrorKind::Other => SinkError::KeyValue(err.to_string()),
+            })?;
+        let Some(entry) = entry else {
+            return Ok((Map::new(), 0));
+        };
+        let document = match entry.operation {
+            kv::Operation::Put => document::parse(&entry.value),
+            // A marker written by someone else holds no record: start over.
+            kv::Operation::Delete | kv::Operation::Purge => {
+                Ok(document::parse(&entry.value).unwrap_or_default())
+            }
+        }
+        .map_err(|err| SinkError::Document {
+            key: key.to_owned(),
+            message: err.to_string(),
+        })?;
+        Ok((document, entry.revision))
+    }
+
+    /// Writes `document` if the key is still at `revision`; `Ok(false)` when
+    /// another writer got there first.
+    async fn put(
+        &self,
+        key: &str,
+        document: &Map<String, Value>,
+        revision: u64,
+    ) -> Result<bool, SinkError> {
+        let body = serde_json::to_vec(document).unwrap_or_default();
+        match self.store.update(key, body.into(), revision).await {
+            Ok(_) => Ok(true),
+            Err(err) => match err.kind() {
+                UpdateErrorKind::WrongLastRevision => Ok(false),
+                UpdateErrorKind::InvalidKey => Err(invalid_key(key)),
+                UpdateErrorKind::TimedOut => Err(SinkError::Timeout(format!("writing key {key}"))),
+                UpdateErrorKind::Other => Err(SinkError::KeyValue(err.to_string())),
+            },
+        }
+    }
+
+    /// Writes a delete marker carrying `record` if the key is still at
+    /// `revision`; `Ok(false)` when another writer got there first.
+    async fn delete(
+        &self,
+        key: &str,
+        record: &Map<String, Value>,
+        revision: u64,
+    ) -> Result<bool, SinkError> {
+        // The client's delete cannot carry a body: publish the marker as it
+        // would, with the record as body.
+        let subject = format!(
+            "{}{key}",
+            self.store.put_prefix.as_ref().unwrap_or(&self.store.prefix)
+        );
+        let mut headers = HeaderMap::new();
+        headers.insert("KV-Operation", "DEL");
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            revision.to_string().as_str(),
+        );
+        let body = serde_json::to_vec(record).unwrap_or_default();
+        let publish_error = |kind: PublishErrorKind, message: String| match kind {
+            PublishErrorKind::WrongLastSequence => None,
+            PublishErrorKind::TimedOut => Some(SinkError::Timeout(format!("deleting key {key}"))),
+            PublishErrorKind::StreamNotFound
+            | PublishErrorKind::BrokenPipe
+            | PublishErrorKind::MaxPayloadExceeded
+            | PublishErrorKind::WrongLastMessageId
+            | PublishErrorKind::MaxAckPending
+            | PublishErrorKind::Other => Some(SinkError::KeyValue(message)),
+        };
+        let ack = match self
+            .jetstream
+            .publish_with_headers(subject, headers, body.into())
+            .await
+        {
+            Ok(ack) => ack.await,
+            Err(err) => Err(err),
+        };
+        match ack {
+            Ok(_) => Ok(true),
+            Err(err) => match publish_error(err.kind(), err.to_string()) {
+                None => Ok(false),
+                Some(error) => Err(error),
+            },
+        }
+    }
+}
+
+fn invalid_key(key: &str) -> SinkError {
+    SinkError::Document {
+        key: key.to_owned(),
+        message: "not a valid KV key (letters, digits, '-', '_', '/', '=', '.')".into(),
+    }
+}
+
+impl Sink for KvSink {
+    async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
+        let Some(rule) = self.rules.get(&event.envelope.event_type) else {
+            return Ok(Applied::Skipped);
+        };
+        let key = self
+            .key
+            .render_subject(&event.envelope, &event.delivery.subject)
+            .map_err(|source| SinkError::Render {
+                what: "key",
+                source,
+            })?;
+        let position = Position::of(event);
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let (mut document, revision) = self.read(&key).await?;
+            if document::last_applied(&document, &self.name, position.stream)
+                .is_some_and(|last| last >= position.seq)
+            {
+                return Ok(Applied::Skipped);
+            }
+            let written = match rule {
+                Rule::Delete => {
+                    let mut record = document::tombstone(&document);
+                    document::record_applied(
+                        &mut record,
+                        &self.name,
+                        position.stream,
+                        position.seq,
+                    );
+                    self.delete(&key, &record, revision).await?
+                }
+                Rule::Update(operations) => {
+                    document::apply(operations, &mut document, &event.envelope, position).map_err(
+                        |err| match err {
+                            ApplyError::Value(err) => SinkError::Value(err),
+                            ApplyError::Document(err) => SinkError::Document {
+                                key: key.clone(),
+                                message: err.to_string(),
+                            },
+                        },
+                    )?;
+                    document::record_applied(
+                        &mut document,
+                        &self.name,
+                        position.stream,
+                        position.seq,
+                    );
+                    self.put(&key, &document, revision).await?
+                }
+            };
+            if written {
+                return Ok(Applied::Written);
+            }
+            telemetry::sink_conflict(&self.name);
+        }
+        Err(SinkError::Conflict { key })
+    }
+}

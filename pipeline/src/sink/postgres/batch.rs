@@ -1,0 +1,352 @@
+//! The batch writer of one PostgreSQL sink: a task fed by a bounded channel
+//! that gathers concurrent events into one transaction and answers each
+//! through its oneshot once the transaction committed.
+//!
+//! In each transaction, the events first claim their checkpoint row
+//! (`sink`, `stream`, `aggregate_id`) -> `last_seq`: only events above it
+//! claim it, the others were applied before and are skipped. Then the
+//! claimed events' statements run, pipelined, and the transaction commits.
+//!
+//! **Invariant:** an event's effect and its checkpoint commit together, so a
+//! redelivered event (after a crash, a lost ack, a retry) is skipped. A batch
+//! never holds two events of one aggregate of one stream (the lanes keep one
+//! in flight per aggregate; a second one waits for the next batch), so
+//! per-aggregate order holds across batches.
+
+use std::{collections::VecDeque, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Pool, PoolError};
+use futures::future::join_all;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Type;
+
+use super::sql::{self, SqlValue};
+use crate::{
+    sink::{Applied, ErrorClass, SinkError},
+    telemetry,
+};
+
+/// One event handed to the writer.
+pub struct Job {
+    /// Index into the writer's statements.
+    pub statement: usize,
+    pub stream: Arc<str>,
+    pub aggregate_id: String,
+    pub seq: u64,
+    pub params: Vec<SqlValue>,
+    pub reply: oneshot::Sender<Result<Applied, SinkError>>,
+}
+
+impl Job {
+    fn same_lane(&self, other: &Job) -> bool {
+        self.aggregate_id == other.aggregate_id && self.stream == other.stream
+    }
+
+    fn answer(self, result: Result<Applied, SinkError>) {
+        // The caller may have gone (shutdown): its event comes back anyway.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// A statement with the parameter types it is prepared with.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub types: Vec<Type>,
+}
+
+pub struct Writer {
+    pub sink: String,
+    pub pool: Pool,
+    pub statements: Vec<Statement>,
+    pub checkpoint_table: String,
+    /// A batch is written when it holds this many events...
+    pub max_events: usize,
+    /// ...or this long after its first event.
+    pub max_wait: Duration,
+}
+
+/// Why a batch was not committed.
+enum BatchError {
+    /// The statement of the batch's `index`th event failed.
+    Event { index: usize, error: SinkError },
+    /// Every event of the statement `statement` fails (it cannot be prepared).
+    Statement { statement: usize, error: SinkError },
+    /// The batch as a whole (connection, commit).
+    Batch(SinkError),
+}
+
+impl Writer {
+    /// Writes batches until every sender is gone.
+    pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        let mut table_ready = false;
+        let mut waiting: VecDeque<Job> = VecDeque::new();
+        loop {
+            let first = match waiting.pop_front() {
+                Some(job) => job,
+                None => match jobs.recv().await {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            let mut batch = vec![first];
+            // Events held back from the last batch go first, in order.
+            let mut held = std::mem::take(&mut waiting);
+            while let Some(job) = held.pop_front() {
+                if batch.len() < self.max_events && !batch.iter().any(|b| b.same_lane(&job)) {
+                    batch.push(job);
+                } else {
+                    waiting.push_back(job);
+                }
+            }
+            let deadline = tokio::time::Instant::now() + self.max_wait;
+            while batch.len() < self.max_events {
+                let Ok(Some(job)) = tokio::time::timeout_at(deadline, jobs.recv()).await else {
+                    break;
+                };
+                if batch.iter().any(|b| b.same_lane(&job)) {
+                    waiting.push_back(job);
+                } else {
+                    batch.push(job);
+                }
+            }
+            if !table_ready {
+                match self.create_checkpoint_table().await {
+                    Ok(()) => table_ready = true,
+                    Err(error) => {
+                        for job in batch {
+                            job.answer(Err(error.clone()));
+                        }
+                        continue;
+                    }
+                }
+            }
+            self.write(batch).await;
+        }
+    }
+
+    /// Writes `batch`; an event whose statement is rejected is answered with
+    /// that error and the rest is written again without it.
+    async fn write(&self, mut batch: Vec<Job>) {
+        telemetry::sink_batch(&self.sink, batch.len());
+        while !batch.is_empty() {
+            match self.transaction(&batch).await {
+                Ok(claimed) => {
+                    for (job, claimed) in batch.into_iter().zip(claimed) {
+                        job.answer(Ok(if claimed {
+                            Applied::Written
+                        } else {
+                            Applied::Skipped
+                        }));
+                    }
+                    return;
+                }
+                Err(BatchError::Event { index, error })
+                    if error.class() == ErrorClass::Permanent =>
+                {
+                    batch.remove(index).answer(Err(error));
+                }
+                Err(BatchError::Statement { statement, error })
+                    if error.class() == ErrorClass::Permanent =>
+                {
+                    let (rejected, rest): (Vec<Job>, Vec<Job>) = batch
+                        .into_iter()
+                        .partition(|job| job.statement == statement);
+                    for job in rejected {
+                        job.answer(Err(error.clone()));
+                    }
+                    batch = rest;
+                }
+                Err(
+                    BatchError::Event { error, .. }
+                    | BatchError::Statement { error, .. }
+                    | BatchError::Batch(error),
+                ) => {
+                    for job in batch {
+                        job.answer(Err(error.clone()));
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One attempt at the batch: which events were claimed (applied now), or
+    /// what failed.
+    async fn transaction(&self, batch: &[Job]) -> Result<Vec<bool>, BatchError> {
+        let mut client = self.pool.get().await.map_err(pool_error)?;
+        // Prepared outside the transaction, once per connection (cached), so
+        // a statement that cannot be prepared is told apart from the batch.
+        let mut prepared = vec![None; self.statements.len()];
+        for job in batch {
+            if prepared[job.statement].is_some() {
+                continue;
+            }
+            let statement = &self.statements[job.statement];
+            let ready = client
+                .prepare_typed_cached(&statement.sql, &statement.types)
+                .await
+                .map_err(|err| BatchError::Statement {
+                    statement: job.statement,
+                    error: sql::sink_error(&err),
+                })?;
+            if ready.params().len() != statement.types.len() {
+                return Err(BatchError::Statement {
+                    statement: job.statement,
+                    error: SinkError::StatementRejected {
+                        code: "params".into(),
+                        message: format!(
+                            "the statement takes {} parameters, params names {}",
+                            ready.params().len(),
+                            statement.types.len()
+                        ),
+                    },
+                });
+            }
+            prepared[job.statement] = Some(ready);
+        }
+        let claim_sql = self.claim_sql();
+        let claim = client
+            .prepare_typed_cached(
+                &claim_sql,
+                &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::INT8_ARRAY],
+            )
+            .await
+            .map_err(batch_error)?;
+
+        let transaction = client.transaction().await.map_err(batch_error)?;
+        let mut claimed = vec![false; batch.len()];
+        let mut streams: Vec<&str> = batch.iter().map(|job| job.stream.as_ref()).collect();
+        streams.sort_unstable();
+        streams.dedup();
+        for stream in streams {
+            // In aggregate order, so two writers lock rows in the same order.
+            let mut lanes: Vec<(&str, i64)> = batch
+                .iter()
+                .filter(|job| job.stream.as_ref() == stream)
+                .map(|job| {
+                    (
+                        job.aggregate_id.as_str(),
+                        i64::try_from(job.seq).unwrap_or(i64::MAX),
+                    )
+                })
+                .collect();
+            lanes.sort_unstable();
+            let (aggregates, sequences): (Vec<&str>, Vec<i64>) = lanes.into_iter().unzip();
+            let rows = transaction
+                .query(&claim, &[&self.sink, &stream, &aggregates, &sequences])
+                .await
+                .map_err(batch_error)?;
+            for row in rows {
+                let aggregate: &str = row.try_get(0).map_err(batch_error)?;
+                if let Some(index) = batch
+                    .iter()
+                    .position(|job| job.stream.as_ref() == stream && job.aggregate_id == aggregate)
+                {
+                    claimed[index] = true;
+                }
+            }
+        }
+
+        // Pipelined: every statement is sent before the first answer comes.
+        let writes = batch
+            .iter()
+            .zip(&claimed)
+            .enumerate()
+            .filter(|(_, (_, claimed))| **claimed)
+            .filter_map(|(index, (job, _))| {
+                let statement = prepared[job.statement].as_ref()?;
+                let transaction = &transaction;
+                Some(async move {
+                    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = job
+                        .params
+                        .iter()
+                        .map(|param| param as &(dyn tokio_postgres::types::ToSql + Sync))
+                        .collect();
+                    (index, transaction.execute(statement, &params).await)
+                })
+            });
+        let results = join_all(writes).await;
+        // The first failure aborts the transaction; those after it only say
+        // so (25P02), the cause is the one that does not.
+        let failure = results
+            .iter()
+            .filter_map(|(index, result)| result.as_ref().err().map(|err| (*index, err)))
+            .find(|(_, err)| err.code().map(|state| state.code()) != Some("25P02"))
+            .or_else(|| {
+                results
+                    .iter()
+                    .find_map(|(index, result)| result.as_ref().err().map(|err| (*index, err)))
+            });
+        if let Some((index, error)) = failure {
+            let error = sql::sink_error(error);
+            // A connection-level failure is the batch's, not the event's.
+            return Err(match error.class() {
+                ErrorClass::Permanent => BatchError::Event { index, error },
+                ErrorClass::Transient => BatchError::Batch(error),
+            });
+        }
+        transaction.commit().await.map_err(batch_error)?;
+        Ok(claimed)
+    }
+
+    /// Advances the checkpoint of each (aggregate, seq) whose stored
+    /// sequence is lower, returning the aggregates it advanced. The row
+    /// locks it takes make a concurrent writer of the same event wait, then
+    /// find the checkpoint advanced.
+    fn claim_sql(&self) -> String {
+        let table = &self.checkpoint_table;
+        format!(
+            "INSERT INTO {table} AS checkpoint (sink, stream, aggregate_id, last_seq) \
+             SELECT $1, $2, claimed.aggregate_id, claimed.last_seq \
+             FROM unnest($3::text[], $4::int8[]) AS claimed (aggregate_id, last_seq) \
+             ON CONFLICT (sink, stream, aggregate_id) DO UPDATE \
+             SET last_seq = EXCLUDED.last_seq, updated_at = now() \
+             WHERE checkpoint.last_seq < EXCLUDED.last_seq \
+             RETURNING aggregate_id"
+        )
+    }
+
+    async fn create_checkpoint_table(&self) -> Result<(), SinkError> {
+        let client = self
+            .pool
+            .get()
+            .await
+            .map_err(|err| SinkError::Pool(err.to_string()))?;
+        let table = &self.checkpoint_table;
+        let statement = format!(
+            "CREATE TABLE IF NOT EXISTS {table} (\
+             sink text NOT NULL, \
+             stream text NOT NULL, \
+             aggregate_id text NOT NULL, \
+             last_seq bigint NOT NULL, \
+             updated_at timestamptz NOT NULL DEFAULT now(), \
+             PRIMARY KEY (sink, stream, aggregate_id))"
+        );
+        // Whatever fails here (two writers creating the table at once
+        // included) is worth another try.
+        client
+            .batch_execute(&statement)
+            .await
+            .map_err(|err| transient(sql::sink_error(&err)))
+    }
+}
+
+/// A failure of the batch's own work (checkpoints, commit) is no event's
+/// fault: the batch is tried again.
+fn batch_error(error: tokio_postgres::Error) -> BatchError {
+    BatchError::Batch(transient(sql::sink_error(&error)))
+}
+
+fn transient(error: SinkError) -> SinkError {
+    match error {
+        SinkError::StatementRejected { code, message } => SinkError::Database { code, message },
+        other => other,
+    }
+}
+
+/// Getting a connection fails transiently whatever the cause (the server is
+/// down or restarting, the pool is exhausted, the password was changed).
+fn pool_error(error: PoolError) -> BatchError {
+    BatchError::Batch(SinkError::Pool(error.to_string()))
+}

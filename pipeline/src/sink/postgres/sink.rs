@@ -1,0 +1,162 @@
+//! The PostgreSQL sink: takes each event's parameters (typed from the
+//! schema), hands the event to the batch writer and returns its answer,
+//! which comes once the batch's transaction committed.
+//!
+//! The connection string comes from the environment; connections are pooled
+//! and replaced when the server closed them (a restart), so the sink
+//! recovers by itself: the events of a failed batch come back with backoff.
+//! Connections are plain TCP (`sslmode=require` is refused at start-up).
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::{NoTls, config::SslMode};
+
+use super::{
+    batch::{Job, Statement, Writer},
+    config::PostgresSinkConfig,
+    sql::{self, SqlValue},
+};
+use crate::{
+    schema::SchemaRegistry,
+    sink::{
+        Applied, Event, Sink, SinkError, schema_for,
+        value::{Position, ValueError, ValuePath, ValueType},
+    },
+};
+
+/// Time allowed to open a connection or wait for a free one.
+const POOL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How one event type's parameters are taken.
+struct Plan {
+    statement: usize,
+    params: Vec<(ValuePath, ValueType)>,
+}
+
+pub struct PostgresSink {
+    jobs: mpsc::Sender<Job>,
+    plans: HashMap<String, Plan>,
+}
+
+impl PostgresSink {
+    /// Builds the pool and starts the batch writer. Connects lazily: a
+    /// database that is down at start-up only delays the first batch.
+    /// `feeders` is how many events may be in flight towards this sink at
+    /// once (the sum of its consumers' `concurrency`): a batch never waits
+    /// for more.
+    pub fn start(
+        name: &str,
+        config: &PostgresSinkConfig,
+        registry: &SchemaRegistry,
+        pin: Option<u32>,
+        feeders: usize,
+    ) -> Result<Self, SinkError> {
+        let environment_error = || SinkError::Environment {
+            variable: config.url_env.clone(),
+            key: format!("sinks.{name}.url_env"),
+        };
+        let url = std::env::var(&config.url_env).map_err(|_| environment_error())?;
+        // The parse error is not shown: it could quote the password.
+        let pg_config: tokio_postgres::Config = url.parse().map_err(|_| environment_error())?;
+        if pg_config.get_ssl_mode() == SslMode::Require {
+            return Err(SinkError::Setup(format!(
+                "sinks.{name}: sslmode=require is not supported: connections are plain TCP"
+            )));
+        }
+        let manager = Manager::from_config(
+            pg_config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .map_err(|err| SinkError::Setup(format!("sink {name}: {err}")))?;
+
+        let mut statements = Vec::new();
+        let mut plans = HashMap::new();
+        for (event_type, statement) in &config.on {
+            let schema = schema_for(registry, event_type, pin).map_err(|message| {
+                SinkError::Setup(format!("sinks.{name}.on.{event_type}: {message}"))
+            })?;
+            let params = statement
+                .params
+                .iter()
+                .map(|path| {
+                    path.resolve(schema)
+                        .map(|value_type| (path.clone(), value_type))
+                        .map_err(|message| {
+                            SinkError::Setup(format!("sinks.{name}.on.{event_type}: {message}"))
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            statements.push(Statement {
+                sql: statement.sql.clone(),
+                types: params
+                    .iter()
+                    .map(|(_, value_type)| sql::sql_type(*value_type))
+                    .collect(),
+            });
+            plans.insert(
+                event_type.clone(),
+                Plan {
+                    statement: statements.len() - 1,
+                    params,
+                },
+            );
+        }
+
+        let max_events = config.batch.max_events.min(feeders.max(1));
+        let (jobs, receiver) = mpsc::channel(max_events);
+        let writer = Writer {
+            sink: name.to_owned(),
+            pool,
+            statements,
+            checkpoint_table: config.checkpoint_table.clone(),
+            max_events,
+            max_wait: config.batch.max_wait,
+        };
+        tokio::spawn(writer.run(receiver));
+        Ok(Self { jobs, plans })
+    }
+}
+
+impl Sink for PostgresSink {
+    async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
+        let Some(plan) = self.plans.get(&event.envelope.event_type) else {
+            return Ok(Applied::Skipped);
+        };
+        let position = Position::of(event);
+        let params = plan
+            .params
+            .iter()
+            .map(|(path, value_type)| {
+                let found = path.lookup(&event.envelope, position)?;
+                SqlValue::convert(&found, *value_type).map_err(|problem| ValueError {
+                    path: path.to_string(),
+                    problem,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let (reply, answer) = oneshot::channel();
+        let job = Job {
+            statement: plan.statement,
+            stream: Arc::clone(&event.delivery.stream),
+            aggregate_id: event.envelope.aggregate_id.clone(),
+            seq: event.delivery.stream_seq,
+            params,
+            reply,
+        };
+        let stopped = || SinkError::Connection("the batch writer stopped".into());
+        self.jobs.send(job).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}

@@ -1,0 +1,339 @@
+//! The PostgreSQL sink against a real server: exactly-once effect with
+//! Jetline killed mid-batch and restarted, PostgreSQL restarted mid-stream,
+//! and a constraint violation dead-lettering its event while the rest of its
+//! batch is applied.
+//!
+//! The statements count every application (`events = events + 1`), so an
+//! event applied twice or lost shows in the table.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use jetline::dead_letter::header as dlq;
+
+use crate::support::*;
+
+const TIMEOUT: Duration = Duration::from_secs(90);
+
+/// A sink counting each order's applied events, their total and the stream
+/// sequences in the order applied. `settings` go into the sink's block.
+fn counting_config(url: &str, stream: &str, table: &str, settings: &str) -> String {
+    let block = format!(
+        "    type: postgres
+    url_env: {stream}_DATABASE_URL
+    checkpoint_table: {table}_checkpoints
+    {settings}
+    on:
+      orders.OrderCreated:
+        sql: >-
+          INSERT INTO {table} (id, events, total, seen) VALUES ($1, 1, $2, ARRAY[$3])
+          ON CONFLICT (id) DO UPDATE SET events = {table}.events + 1,
+          total = {table}.total + EXCLUDED.total, seen = {table}.seen || EXCLUDED.seen
+        params: [aggregate_id, payload.total_amount_cents, source_seq]"
+    );
+    single_sink_yaml(url, stream, "counts", &block)
+}
+
+async fn create_counts_table(client: &tokio_postgres::Client, table: &str) {
+    client
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id text PRIMARY KEY, events int NOT NULL, total bigint NOT NULL, seen bigint[] NOT NULL)"
+        ))
+        .await
+        .expect("table created");
+}
+
+/// `aggregates` orders with `per_aggregate` created events each, interleaved;
+/// event n of order k carries the amount n.
+async fn publish_counted(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    aggregates: usize,
+    per_aggregate: usize,
+) {
+    let events = (0..per_aggregate)
+        .flat_map(|n| (0..aggregates).map(move |k| (n, k)))
+        .map(|(n, k)| {
+            let document = created_v3(
+                &format!("{stream}-{k}-{n}"),
+                &format!("order-{k}"),
+                n as i64,
+            );
+            Outgoing::binary(&format!("{stream}.created"), &document)
+        })
+        .collect();
+    publish_all(js, events).await;
+}
+
+async fn applied_events(client: &tokio_postgres::Client, table: &str) -> i64 {
+    client
+        .query_one(
+            &format!("SELECT coalesce(sum(events), 0)::int8 FROM {table}"),
+            &[],
+        )
+        .await
+        .map(|row| row.get(0))
+        .unwrap_or(-1)
+}
+
+/// Every order applied each of its events once, in stream order, and its
+/// checkpoint is its last sequence.
+async fn assert_counted_once_in_order(
+    client: &tokio_postgres::Client,
+    table: &str,
+    aggregates: usize,
+    per_aggregate: usize,
+) {
+    let rows = client
+        .query(&format!("SELECT id, events, total, seen FROM {table}"), &[])
+        .await
+        .expect("counts read");
+    assert_eq!(rows.len(), aggregates);
+    let checkpoints: BTreeMap<String, i64> = client
+        .query(
+            &format!("SELECT aggregate_id, last_seq FROM {table}_checkpoints"),
+            &[],
+        )
+        .await
+        .expect("checkpoints read")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    let expected_total = (0..per_aggregate as i64).sum::<i64>();
+    for row in rows {
+        let id: String = row.get(0);
+        let events: i32 = row.get(1);
+        let total: i64 = row.get(2);
+        let seen: Vec<i64> = row.get(3);
+        assert_eq!(events as usize, per_aggregate, "{id}: events applied");
+        assert_eq!(total, expected_total, "{id}: total");
+        assert!(
+            seen.windows(2).all(|pair| pair[0] < pair[1]),
+            "{id}: applied out of order {seen:?}"
+        );
+        assert_eq!(checkpoints.get(&id), seen.last(), "{id}: checkpoint");
+    }
+}
+
+#[tokio::test]
+async fn exactly_once_with_jetline_killed_mid_batch_and_restarted() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    let database = Postgres::start();
+    let client = database.client().await;
+    let (stream, table) = ("PGKILL", "pg_kill_counts");
+    create_stream(&js, stream, &[&format!("{stream}.>")]).await;
+    create_counts_table(&client, table).await;
+    let (aggregates, per_aggregate) = (50, 60);
+    publish_counted(&js, stream, aggregates, per_aggregate).await;
+    let total = (aggregates * per_aggregate) as i64;
+
+    let yaml = counting_config(
+        &server.url(),
+        stream,
+        table,
+        // A short ack_wait: the events left unacked by the killed process
+        // come back within seconds.
+        "concurrency: 64\n    ack_wait: 4s\n    retry: { backoff: [200ms, 1s] }\n    batch: { max_events: 64, max_wait: 20ms }",
+    );
+    let env = [("PGKILL_DATABASE_URL", database.url())];
+    let first = Process::start_with_env(&yaml, &env);
+    let before_kill = eventually(TIMEOUT, "some batches committed", || async {
+        let applied = applied_events(&client, table).await;
+        (applied > 0).then_some(applied)
+    })
+    .await;
+    first.kill();
+    let after_kill = applied_events(&client, table).await;
+    assert!(
+        after_kill < total,
+        "killed before the end ({before_kill} then {after_kill} of {total})"
+    );
+
+    let second = Process::start_with_env(&yaml, &env);
+    until_settled(&js, stream, "counts").await;
+    drop(second);
+
+    assert_eq!(applied_events(&client, table).await, total);
+    assert_counted_once_in_order(&client, table, aggregates, per_aggregate).await;
+    assert_eq!(stream_count(&js, &format!("DLQ_{stream}")).await, 0);
+}
+
+#[tokio::test]
+async fn a_postgres_restart_mid_stream_loses_and_repeats_nothing() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    let mut database = Postgres::start_own();
+    let (stream, table) = ("PGRESTART", "pg_restart_counts");
+    create_stream(&js, stream, &[&format!("{stream}.>")]).await;
+    create_counts_table(&database.client().await, table).await;
+    let (aggregates, per_aggregate) = (20, 100);
+    publish_counted(&js, stream, aggregates, per_aggregate).await;
+
+    let yaml = counting_config(
+        &server.url(),
+        stream,
+        table,
+        "retry: { backoff: [100ms, 300ms], max_attempts: 1000, jitter: 0.0 }\n    batch: { max_events: 20, max_wait: 10ms }",
+    );
+    let jetline = Process::start_with_env(&yaml, &[("PGRESTART_DATABASE_URL", database.url())]);
+    {
+        let client = database.client().await;
+        eventually(TIMEOUT, "some batches committed", || async {
+            (applied_events(&client, table).await > 0).then_some(())
+        })
+        .await;
+    }
+    database.restart();
+    until_settled(&js, stream, "counts").await;
+    drop(jetline);
+
+    let client = database.client().await;
+    assert_counted_once_in_order(&client, table, aggregates, per_aggregate).await;
+    assert_eq!(stream_count(&js, &format!("DLQ_{stream}")).await, 0);
+}
+
+#[tokio::test]
+async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    let database = Postgres::start();
+    let client = database.client().await;
+    let stream = "PGCHECK";
+    create_stream(&js, stream, &[&format!("{stream}.>")]).await;
+    client
+        .batch_execute(
+            "CREATE TABLE pg_check_orders (id text PRIMARY KEY, customer_id text NOT NULL, \
+             total_cents bigint NOT NULL CHECK (total_cents >= 0), status text NOT NULL, \
+             tracking_number text, created_at timestamptz NOT NULL)",
+        )
+        .await
+        .expect("table created");
+
+    // Every tenth order has a negative total: the check constraint refuses it.
+    let orders = 120usize;
+    let rejected = |k: usize| k % 10 == 3;
+    let mut events = Vec::new();
+    for k in 0..orders {
+        let cents = if rejected(k) { -1 } else { k as i64 * 10 };
+        events.push(Outgoing::binary(
+            "PGCHECK.created",
+            &created_v3(&format!("c-{k}"), &format!("order-{k}"), cents),
+        ));
+    }
+    for k in (0..orders).step_by(2) {
+        events.push(Outgoing::binary(
+            "PGCHECK.shipped",
+            &shipped_v1(&format!("s-{k}"), &format!("order-{k}"), &format!("T{k}")),
+        ));
+    }
+    let published = events.len() as u64;
+    publish_all(&js, events).await;
+
+    let yaml = single_sink_yaml(
+        &server.url(),
+        stream,
+        "orders_table",
+        "    type: postgres
+    url_env: PGCHECK_DATABASE_URL
+    checkpoint_table: pg_check_checkpoints
+    concurrency: 200
+    batch: { max_events: 200, max_wait: 200ms }
+    on:
+      orders.OrderCreated:
+        sql: \"INSERT INTO pg_check_orders (id, customer_id, total_cents, status, created_at) VALUES ($1, $2, $3, 'created', $4) ON CONFLICT (id) DO NOTHING\"
+        params: [aggregate_id, payload.customer_id, payload.total_amount_cents, occurred_at]
+      orders.OrderShipped:
+        sql: \"UPDATE pg_check_orders SET status = 'shipped', tracking_number = $2 WHERE id = $1\"
+        params: [aggregate_id, payload.tracking_number]",
+    );
+    let jetline = Process::start_with_env(&yaml, &[("PGCHECK_DATABASE_URL", database.url())]);
+    until_settled(&js, stream, "orders_table").await;
+    drop(jetline);
+
+    let letters = stream_messages(&js, "DLQ_PGCHECK").await;
+    let rejected_ids: Vec<String> = (0..orders)
+        .filter(|k| rejected(*k))
+        .map(|k| format!("c-{k}"))
+        .collect();
+    let mut lettered: Vec<String> = letters
+        .iter()
+        .map(|letter| {
+            assert_eq!(
+                letter.headers.get(dlq::REASON).map(|v| v.as_str()),
+                Some("sink_rejected")
+            );
+            DECODER
+                .decode(None, &letter.payload)
+                .expect("the original event")
+                .event_id
+        })
+        .collect();
+    lettered.sort();
+    let mut expected_letters = rejected_ids.clone();
+    expected_letters.sort();
+    assert_eq!(
+        lettered, expected_letters,
+        "exactly the refused events are dead-lettered"
+    );
+
+    let rows = client
+        .query(
+            "SELECT id, total_cents, status, tracking_number FROM pg_check_orders",
+            &[],
+        )
+        .await
+        .expect("orders read");
+    let stored: BTreeMap<String, (i64, String, Option<String>)> = rows
+        .iter()
+        .map(|row| (row.get(0), (row.get(1), row.get(2), row.get(3))))
+        .collect();
+    for k in 0..orders {
+        let id = format!("order-{k}");
+        if rejected(k) {
+            assert!(!stored.contains_key(&id), "{id} was refused");
+            continue;
+        }
+        let shipped = k.is_multiple_of(2);
+        let expected = (
+            k as i64 * 10,
+            if shipped { "shipped" } else { "created" }.to_owned(),
+            shipped.then(|| format!("T{k}")),
+        );
+        assert_eq!(stored.get(&id), Some(&expected), "{id}");
+    }
+    // Published = applied + dead-lettered: the created rows, the
+    // shipments (all of orders that were accepted) and the refused events.
+    let shipments = stored
+        .values()
+        .filter(|(_, status, _)| status == "shipped")
+        .count();
+    assert_eq!((stored.len() + shipments + letters.len()) as u64, published);
+    let checkpoints: i64 = client
+        .query_one("SELECT count(*) FROM pg_check_checkpoints", &[])
+        .await
+        .expect("checkpoints")
+        .get(0);
+    assert_eq!(checkpoints as usize, stored.len());
+}
+
+#[tokio::test]
+async fn a_missing_connection_string_stops_jetline_with_exit_2_naming_the_key() {
+    use std::io::Write;
+    let server = NatsServer::start();
+    let yaml = counting_config(&server.url(), "PGMISSING", "pg_missing_counts", "");
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(yaml.as_bytes()).expect("written");
+    let output = tokio::process::Command::new(jetline_bin())
+        .args(["run", "--config"])
+        .arg(file.path())
+        .env_remove("PGMISSING_DATABASE_URL")
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(30), output)
+        .await
+        .expect("jetline exits")
+        .expect("jetline runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PGMISSING_DATABASE_URL"), "{stderr}");
+    assert!(stderr.contains("sinks.counts.url_env"), "{stderr}");
+}
