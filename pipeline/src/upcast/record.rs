@@ -14,6 +14,8 @@ use prost_reflect::{
     Value,
 };
 
+use std::sync::Arc;
+
 use super::Problem;
 
 /// A payload's fields by name, in the order they were read or written.
@@ -33,7 +35,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 enum Name {
     Declared(FieldDescriptor),
-    Given(String),
+    /// Shared with the step that wrote it: no allocation per event.
+    Given(Arc<str>),
 }
 
 impl Name {
@@ -64,7 +67,7 @@ enum Slot {
 /// One segment of a dotted field path, resolved at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
-    pub name: String,
+    pub name: Arc<str>,
     /// A repeated message field: the rest of the path applies to each element.
     pub repeated: bool,
 }
@@ -136,6 +139,16 @@ impl Field {
         self.enum_type.as_ref()
     }
 
+    /// A value read from a field of a schema; only enum numbers (alone, in a
+    /// list or in a map) need to know their enum.
+    fn declared(value: Value, field: &FieldDescriptor) -> Self {
+        let enum_type = match value {
+            Value::EnumNumber(_) | Value::List(_) | Value::Map(_) => enum_of(field),
+            _ => None,
+        };
+        Self::with_enum(value, enum_type)
+    }
+
     fn message(record: Record) -> Self {
         Self {
             slot: Slot::Message(record),
@@ -166,13 +179,11 @@ impl Record {
     /// Takes the fields the message holds (unknown fields are not carried:
     /// their numbers mean nothing in another version).
     pub fn from_message(mut message: DynamicMessage) -> Self {
-        let entries = message
-            .take_fields()
-            .map(|(descriptor, value)| Entry {
-                field: Field::with_enum(value, enum_of(&descriptor)),
-                name: Name::Declared(descriptor),
-            })
-            .collect();
+        let mut entries = Vec::with_capacity(message.descriptor().fields().len());
+        entries.extend(message.take_fields().map(|(descriptor, value)| Entry {
+            field: Field::declared(value, &descriptor),
+            name: Name::Declared(descriptor),
+        }));
         Self { entries }
     }
 
@@ -210,7 +221,18 @@ impl Record {
         match self.position(name) {
             Some(index) => self.entries[index].field = field,
             None => self.entries.push(Entry {
-                name: Name::Given(name.to_owned()),
+                name: Name::Given(Arc::from(name)),
+                field,
+            }),
+        }
+    }
+
+    /// As [`Record::insert`], with a name the caller keeps.
+    pub(crate) fn insert_named(&mut self, name: &Arc<str>, field: Field) {
+        match self.position(name) {
+            Some(index) => self.entries[index].field = field,
+            None => self.entries.push(Entry {
+                name: Name::Given(Arc::clone(name)),
                 field,
             }),
         }
@@ -283,7 +305,7 @@ impl Record {
             Some(index) => index,
             None if create && !first.repeated => {
                 self.entries.push(Entry {
-                    name: Name::Given(first.name.clone()),
+                    name: Name::Given(Arc::clone(&first.name)),
                     field: Field::message(Record::default()),
                 });
                 self.entries.len() - 1
