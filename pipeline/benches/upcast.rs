@@ -1,1 +1,97 @@
-fn main() {}
+//! Cost per event of upcasting with the example chain (`orders.OrderCreated`
+//! v1 -> v2 -> v3: rename, set_default, convert) from `config/jetline.yaml`,
+//! next to its baselines in the same run: decoding the payload alone, and
+//! decoding the whole envelope. Run with `cargo bench --bench upcast`; the
+//! ratio is (decode + upcast) / decode.
+
+use std::{hint::black_box, path::Path};
+
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
+use prost::Message as _;
+use prost_reflect::DynamicMessage;
+
+fn upcast(c: &mut Criterion) {
+    let config = jetline::config::load(Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../config/jetline.yaml"
+    )))
+    .expect("the example config loads");
+    let prepared = jetline::prepare(config).expect("the example config prepares");
+    let upcasters = &prepared.upcasters;
+    let decoder = &prepared.decoder;
+    let v1 = decoder
+        .registry()
+        .resolve("orders.OrderCreated", 1)
+        .expect("v1")
+        .clone();
+    // A typical order: ids, a total and two line items.
+    let envelope_json = serde_json::json!({
+        "eventId": "0b7c6f1e-6a43-4d0e-9c5e-0f3c1a2b4d5e",
+        "eventType": "orders.OrderCreated",
+        "schemaVersion": 1,
+        "aggregateType": "Order",
+        "aggregateId": "order-1234",
+        "occurredAt": "2026-11-23T10:00:00Z",
+        "correlationId": "corr-1",
+        "source": "checkout",
+        "payload": {
+            "orderId": "order-1234",
+            "customerId": "customer-42",
+            "total": 1234.56,
+            "items": [
+                { "sku": "SKU-1", "quantity": 2, "unitPrice": 100.5 },
+                { "sku": "SKU-2", "quantity": 1, "unitPrice": 1033.56 }
+            ]
+        }
+    });
+    let envelope = decoder
+        .decode(
+            Some("application/json"),
+            &serde_json::to_vec(&envelope_json).expect("json"),
+        )
+        .expect("a valid v1 event");
+    let payload_bytes = envelope.payload.encode_to_vec();
+    let envelope_bytes = envelope.encode_protobuf();
+
+    let mut group = c.benchmark_group("upcast");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("baseline: decode v1 payload", |b| {
+        b.iter(|| DynamicMessage::decode(v1.clone(), black_box(payload_bytes.as_slice())))
+    });
+    group.bench_function("decode v1 payload + upcast to v3", |b| {
+        b.iter(|| {
+            let payload = DynamicMessage::decode(v1.clone(), black_box(payload_bytes.as_slice()))
+                .expect("decodes");
+            upcasters
+                .upcast_payload("orders.OrderCreated", 1, 3, payload)
+                .expect("upcasts")
+        })
+    });
+    group.bench_function("upcast v1 to v3 (decoded payload)", |b| {
+        b.iter_batched(
+            || envelope.payload.clone(),
+            |payload| {
+                upcasters
+                    .upcast_payload("orders.OrderCreated", 1, 3, payload)
+                    .expect("upcasts")
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.bench_function("baseline: decode v1 envelope", |b| {
+        b.iter(|| decoder.decode(None, black_box(envelope_bytes.as_slice())))
+    });
+    group.bench_function("decode v1 envelope + upcast to v3", |b| {
+        b.iter(|| {
+            let mut envelope = decoder
+                .decode(None, black_box(envelope_bytes.as_slice()))
+                .expect("decodes");
+            upcasters.upcast(&mut envelope, None).expect("upcasts");
+            envelope
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, upcast);
+criterion_main!(benches);

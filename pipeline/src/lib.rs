@@ -173,7 +173,7 @@ pub async fn run_prepared(
     }
     let config = &prepared.config;
     for warning in prepared.upcasters.warnings() {
-        tracing::warn!(path = %warning.path, "Upcaster check: {}", warning.message);
+        tracing::warn!(path = %warning.path, warning = %warning.message, "Upcaster chain warning");
     }
     let readiness = Arc::new(Readiness::default());
     readiness.expect_consumers(config.pipelines.len());

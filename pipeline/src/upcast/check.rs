@@ -179,7 +179,7 @@ impl Chain<'_> {
                 to: hop.to,
                 target,
             };
-            if let Some(steps) = at.build(report, source, &hop.steps, code) {
+            if let Some((steps, check_between)) = at.build(report, source, &hop.steps, code) {
                 built.insert(
                     hop.from,
                     Hop {
@@ -187,6 +187,7 @@ impl Chain<'_> {
                         to: hop.to,
                         target: target.clone(),
                         steps,
+                        check_between,
                     },
                 );
             }
@@ -287,7 +288,7 @@ impl Shape {
                     ));
                 };
                 trail.push(Segment {
-                    name: name.to_owned(),
+                    name: name.into(),
                     repeated: field.is_list(),
                 });
                 Ok(inner.get_or_insert_with(|| Shape::of(&message)))
@@ -398,7 +399,7 @@ impl HopAt<'_> {
         source: &MessageDescriptor,
         configs: &[StepConfig],
         code: &CodeSteps,
-    ) -> Option<Vec<Step>> {
+    ) -> Option<(Vec<Step>, bool)> {
         let mut shape = Shape::of(source);
         let mut steps = Vec::new();
         let mut refused = false;
@@ -424,9 +425,15 @@ impl HopAt<'_> {
             // The shape past a refused step is a guess: compare nothing.
             return None;
         }
-        let errors_before = report.errors.len();
+        let (errors_before, warnings_before) = (report.errors.len(), report.warnings.len());
         self.compare(report, &shape, self.target, "", &mut HashSet::new());
-        (report.errors.len() == errors_before).then_some(steps)
+        // What YAML steps do is known here; a warning or a code step leaves
+        // something to check per event.
+        let check_between = report.warnings.len() > warnings_before
+            || configs
+                .iter()
+                .any(|config| matches!(config, StepConfig::Code(_)));
+        (report.errors.len() == errors_before).then_some((steps, check_between))
     }
 
     fn step(
@@ -660,8 +667,9 @@ impl HopAt<'_> {
             path: with_last(trail, name),
             rename_to: config
                 .rename_to
-                .clone()
-                .filter(|rename_to| rename_to != name),
+                .as_deref()
+                .filter(|rename_to| *rename_to != name)
+                .map(std::sync::Arc::from),
             conversion: Conversion {
                 to: config.to,
                 multiply,
@@ -965,7 +973,7 @@ fn split(path: &[String]) -> (&[String], &str) {
 
 fn with_last(mut trail: Vec<Segment>, name: &str) -> Vec<Segment> {
     trail.push(Segment {
-        name: name.to_owned(),
+        name: name.into(),
         repeated: false,
     });
     trail

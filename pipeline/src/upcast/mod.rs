@@ -87,8 +87,8 @@ pub enum UpcastError {
     },
     #[error("{event_type} has no version at or below the pinned v{pin}")]
     NoVersionAtPin { event_type: String, pin: u32 },
-    #[error("{event_type} has no version {version}")]
-    UnknownVersion { event_type: String, version: u32 },
+    #[error("no schema for event type {event_type:?}")]
+    UnknownType { event_type: String },
     #[error("{event_type} v{version}: no upcaster leads from here to v{target}")]
     NoHop {
         event_type: String,
@@ -220,6 +220,10 @@ pub struct Hop {
     pub to: u32,
     target: MessageDescriptor,
     steps: Vec<Step>,
+    /// Whether the result must be checked against `target` when another hop
+    /// follows: not when the start-up checks proved it fits (only YAML
+    /// steps, no warning); the last hop's result is always checked.
+    check_between: bool,
 }
 
 impl Hop {
@@ -255,15 +259,9 @@ impl Upcasters {
             None => versions.last(),
             Some(pin) => versions.iter().rev().find(|version| **version <= pin),
         };
-        target.copied().ok_or_else(|| match pin {
-            Some(pin) => UpcastError::NoVersionAtPin {
-                event_type: event_type.to_owned(),
-                pin,
-            },
-            None => UpcastError::UnknownVersion {
-                event_type: event_type.to_owned(),
-                version: 1,
-            },
+        target.copied().ok_or_else(|| UpcastError::NoVersionAtPin {
+            event_type: event_type.to_owned(),
+            pin: pin.unwrap_or_default(),
         })
     }
 
@@ -303,22 +301,41 @@ impl Upcasters {
                 target,
             });
         }
+        if version == target {
+            return Ok(payload);
+        }
         let no_hop = |version| UpcastError::NoHop {
             event_type: event_type.to_owned(),
             version,
             target,
         };
         let hops = self.chains.get(event_type).ok_or_else(|| no_hop(version))?;
-        let (mut version, mut payload) = (version, payload);
+        // One record through every hop: between hops it is only checked
+        // against the version reached; the message is built once, at the end.
+        let mut record = Record::from_message(payload);
+        let mut version = version;
+        let mut last = None;
         while version < target {
             let hop = hops
                 .get(&version)
                 .filter(|hop| hop.to <= target)
                 .ok_or_else(|| no_hop(version))?;
-            payload = apply_hop(event_type, hop, payload)?;
+            apply_steps(event_type, hop, &mut record)?;
+            if hop.to < target && hop.check_between {
+                record
+                    .check_fits(&hop.target)
+                    .map_err(|error| fit_failure(event_type, hop, error))?;
+            }
             version = hop.to;
+            last = Some(hop);
         }
-        Ok(payload)
+        match last {
+            Some(hop) => record
+                .into_message(&hop.target)
+                .map_err(|error| fit_failure(event_type, hop, error)),
+            // Already at the target (callers return before this).
+            None => Err(no_hop(version)),
+        }
     }
 
     /// The chains, by event type, each with its hops in order.
@@ -334,14 +351,9 @@ impl Upcasters {
     }
 }
 
-fn apply_hop(
-    event_type: &str,
-    hop: &Hop,
-    payload: DynamicMessage,
-) -> Result<DynamicMessage, UpcastError> {
-    let mut record = Record::from_message(payload);
+fn apply_steps(event_type: &str, hop: &Hop, record: &mut Record) -> Result<(), UpcastError> {
     for (index, step) in hop.steps.iter().enumerate() {
-        step.upcaster.apply(&mut record).map_err(|error| {
+        step.upcaster.apply(record).map_err(|error| {
             UpcastError::Step(Box::new(StepFailure {
                 event_type: event_type.to_owned(),
                 from: hop.from,
@@ -353,16 +365,18 @@ fn apply_hop(
             }))
         })?;
     }
-    record.into_message(&hop.target).map_err(|error| {
-        UpcastError::Invalid(Box::new(FitFailure {
-            event_type: event_type.to_owned(),
-            from: hop.from,
-            to: hop.to,
-            message: hop.target.full_name().to_owned(),
-            field: error.field,
-            problem: error.problem,
-        }))
-    })
+    Ok(())
+}
+
+fn fit_failure(event_type: &str, hop: &Hop, error: FitError) -> UpcastError {
+    UpcastError::Invalid(Box::new(FitFailure {
+        event_type: event_type.to_owned(),
+        from: hop.from,
+        to: hop.to,
+        message: hop.target.full_name().to_owned(),
+        field: error.field,
+        problem: error.problem,
+    }))
 }
 
 #[cfg(test)]
@@ -466,6 +480,54 @@ mod tests {
         assert_eq!(
             upcasters.target_version("orders.OrderCreated", Some(9)),
             Ok(3)
+        );
+    }
+
+    /// A code step that writes a number where v2 has a string.
+    struct NumericCurrency;
+
+    impl Upcaster for NumericCurrency {
+        fn apply(&self, payload: &mut Record) -> Result<(), StepError> {
+            payload.set("currency", prost_reflect::Value::I64(978));
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "sets currency to an ISO number".into()
+        }
+
+        fn effects(&self) -> Vec<Effect> {
+            vec![Effect::Writes("currency".into())]
+        }
+    }
+
+    #[test]
+    fn a_hop_whose_result_does_not_fit_its_version_fails_at_that_hop() {
+        let mut steps = CodeSteps::default();
+        steps.register("numeric_currency", NumericCurrency);
+        let mut config = EXAMPLE.config.clone();
+        let chain = config
+            .upcasters
+            .get_mut("orders.OrderCreated")
+            .expect("the example chain");
+        chain[0]["steps"][1] = json!({ "code": "numeric_currency" });
+        let prepared = crate::prepare_with(config, &steps).expect("structurally valid");
+        let mut v1 = created(1, json!({ "total": 2.5 }));
+        let error = prepared
+            .upcasters
+            .upcast(&mut v1, None)
+            .expect_err("978 is no string");
+        let UpcastError::Invalid(failure) = &error else {
+            panic!("a fit failure, got {error}");
+        };
+        assert_eq!(
+            (failure.from, failure.to, failure.field.as_str()),
+            (1, 2, "currency"),
+            "{error}"
+        );
+        assert!(
+            matches!(failure.problem, Problem::TypeMismatch { .. }),
+            "{error}"
         );
     }
 

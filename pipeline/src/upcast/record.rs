@@ -14,6 +14,8 @@ use prost_reflect::{
     Value,
 };
 
+use std::sync::Arc;
+
 use super::Problem;
 
 /// A payload's fields by name, in the order they were read or written.
@@ -33,7 +35,8 @@ struct Entry {
 #[derive(Debug, Clone)]
 enum Name {
     Declared(FieldDescriptor),
-    Given(String),
+    /// Shared with the step that wrote it: no allocation per event.
+    Given(Arc<str>),
 }
 
 impl Name {
@@ -64,7 +67,7 @@ enum Slot {
 /// One segment of a dotted field path, resolved at start-up.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Segment {
-    pub name: String,
+    pub name: Arc<str>,
     /// A repeated message field: the rest of the path applies to each element.
     pub repeated: bool,
 }
@@ -136,6 +139,16 @@ impl Field {
         self.enum_type.as_ref()
     }
 
+    /// A value read from a field of a schema; only enum numbers (alone, in a
+    /// list or in a map) need to know their enum.
+    fn declared(value: Value, field: &FieldDescriptor) -> Self {
+        let enum_type = match value {
+            Value::EnumNumber(_) | Value::List(_) | Value::Map(_) => enum_of(field),
+            _ => None,
+        };
+        Self::with_enum(value, enum_type)
+    }
+
     fn message(record: Record) -> Self {
         Self {
             slot: Slot::Message(record),
@@ -166,13 +179,11 @@ impl Record {
     /// Takes the fields the message holds (unknown fields are not carried:
     /// their numbers mean nothing in another version).
     pub fn from_message(mut message: DynamicMessage) -> Self {
-        let entries = message
-            .take_fields()
-            .map(|(descriptor, value)| Entry {
-                field: Field::with_enum(value, enum_of(&descriptor)),
-                name: Name::Declared(descriptor),
-            })
-            .collect();
+        let mut entries = Vec::with_capacity(message.descriptor().fields().len());
+        entries.extend(message.take_fields().map(|(descriptor, value)| Entry {
+            field: Field::declared(value, &descriptor),
+            name: Name::Declared(descriptor),
+        }));
         Self { entries }
     }
 
@@ -210,7 +221,18 @@ impl Record {
         match self.position(name) {
             Some(index) => self.entries[index].field = field,
             None => self.entries.push(Entry {
-                name: Name::Given(name.to_owned()),
+                name: Name::Given(Arc::from(name)),
+                field,
+            }),
+        }
+    }
+
+    /// As [`Record::insert`], with a name the caller keeps.
+    pub(crate) fn insert_named(&mut self, name: &Arc<str>, field: Field) {
+        match self.position(name) {
+            Some(index) => self.entries[index].field = field,
+            None => self.entries.push(Entry {
+                name: Name::Given(Arc::clone(name)),
                 field,
             }),
         }
@@ -283,7 +305,7 @@ impl Record {
             Some(index) => index,
             None if create && !first.repeated => {
                 self.entries.push(Entry {
-                    name: Name::Given(first.name.clone()),
+                    name: Name::Given(Arc::clone(&first.name)),
                     field: Field::message(Record::default()),
                 });
                 self.entries.len() - 1
@@ -304,27 +326,158 @@ impl Record {
     pub fn into_message(self, descriptor: &MessageDescriptor) -> Result<DynamicMessage, FitError> {
         let mut message = DynamicMessage::new(descriptor.clone());
         for entry in self.entries {
-            let name = entry.name.as_str();
-            let Some(target) = descriptor.get_field_by_name(name) else {
-                return Err(FitError::new(
-                    name,
-                    Problem::NotInSchema {
-                        message: descriptor.full_name().to_owned(),
-                    },
-                ));
-            };
-            let value = fit_field(entry.field, &target).map_err(|error| error.within(name))?;
-            message.try_set_field(&target, value).map_err(|error| {
-                let found = match &error {
-                    prost_reflect::SetFieldError::InvalidType { value, .. } => {
-                        value_type_name(value)
-                    }
-                    _ => "another type",
-                };
-                FitError::new(name, mismatch(&target, found))
-            })?;
+            put(&mut message, descriptor, entry.name.as_str(), entry.field)?;
         }
         Ok(message)
+    }
+
+    /// Checks, building nothing, that the fields present fit `descriptor` by
+    /// name and type: the check between two hops. A nested message no step
+    /// opened is only checked to be a message here (the start-up checks
+    /// compared its schemas; [`Record::into_message`] carries it at the end).
+    pub fn check_fits(&self, descriptor: &MessageDescriptor) -> Result<(), FitError> {
+        for entry in &self.entries {
+            let name = entry.name.as_str();
+            let target = field_named(descriptor, name)?;
+            let kind = target.kind();
+            let fits = match &entry.field.slot {
+                Slot::Message(record) => match kind.as_message() {
+                    Some(message) if !target.is_list() && !target.is_map() => {
+                        record
+                            .check_fits(message)
+                            .map_err(|error| error.within(name))?;
+                        true
+                    }
+                    _ => false,
+                },
+                Slot::Messages(records) => match kind.as_message() {
+                    Some(message) if target.is_list() => {
+                        for (index, record) in records.iter().enumerate() {
+                            record
+                                .check_fits(message)
+                                .map_err(|error| error.within(&format!("{name}[{index}]")))?;
+                        }
+                        true
+                    }
+                    _ => false,
+                },
+                Slot::Value(value) => {
+                    let enum_type = entry.field.enum_type.as_ref();
+                    let single = |value: &Value, kind: &Kind| {
+                        single_fits(value, enum_type, kind)
+                            .map_err(|problem| FitError::new(name, problem))
+                    };
+                    match value {
+                        Value::List(items) if target.is_list() => {
+                            items.iter().try_for_each(|item| single(item, &kind))?;
+                            true
+                        }
+                        Value::Map(entries) if target.is_map() => match kind.as_message() {
+                            Some(entry) => {
+                                let key_kind = entry.map_entry_key_field().kind();
+                                let value_kind = entry.map_entry_value_field().kind();
+                                for (key, value) in entries {
+                                    if !key.is_valid(&key_kind) {
+                                        return Err(FitError::new(name, mismatch(&target, "map")));
+                                    }
+                                    single(value, &value_kind)?;
+                                }
+                                true
+                            }
+                            None => false,
+                        },
+                        Value::List(_) | Value::Map(_) => false,
+                        _ if target.is_list() || target.is_map() => false,
+                        value => {
+                            single(value, &kind)?;
+                            true
+                        }
+                    }
+                }
+            };
+            if !fits {
+                let found = slot_type_name(&entry.field.slot);
+                return Err(FitError::new(name, mismatch(&target, found)));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The field of `descriptor` named `name`, or the error naming it.
+fn field_named(descriptor: &MessageDescriptor, name: &str) -> Result<FieldDescriptor, FitError> {
+    descriptor.get_field_by_name(name).ok_or_else(|| {
+        FitError::new(
+            name,
+            Problem::NotInSchema {
+                message: descriptor.full_name().to_owned(),
+            },
+        )
+    })
+}
+
+/// Fits `field` into the field `name` of `message`.
+fn put(
+    message: &mut DynamicMessage,
+    descriptor: &MessageDescriptor,
+    name: &str,
+    field: Field,
+) -> Result<(), FitError> {
+    let target = field_named(descriptor, name)?;
+    let value = fit_field(field, &target).map_err(|error| error.within(name))?;
+    message.try_set_field(&target, value).map_err(|error| {
+        let found = match &error {
+            prost_reflect::SetFieldError::InvalidType { value, .. } => value_type_name(value),
+            prost_reflect::SetFieldError::NotFound => "another type",
+        };
+        FitError::new(name, mismatch(&target, found))
+    })
+}
+
+/// A message of another version, carried field by field into `descriptor`.
+fn carry(
+    mut message: DynamicMessage,
+    descriptor: &MessageDescriptor,
+) -> Result<DynamicMessage, FitError> {
+    let mut carried = DynamicMessage::new(descriptor.clone());
+    for (field, value) in message.take_fields() {
+        let enum_type = enum_of(&field);
+        put(
+            &mut carried,
+            descriptor,
+            field.name(),
+            Field::with_enum(value, enum_type),
+        )?;
+    }
+    Ok(carried)
+}
+
+/// Whether one value fits a field of `kind` (a message of another version
+/// counts: it is carried by name at the end).
+fn single_fits(
+    value: &Value,
+    enum_type: Option<&EnumDescriptor>,
+    kind: &Kind,
+) -> Result<(), Problem> {
+    match (value, kind) {
+        (Value::Message(_), Kind::Message(_)) => Ok(()),
+        (Value::EnumNumber(number), Kind::Enum(target)) => match enum_type {
+            Some(source) if source != target => match source.get_value(*number) {
+                Some(named) if target.get_value_by_name(named.name()).is_none() => {
+                    Err(Problem::NoSuchEnumValue {
+                        value: named.name().to_owned(),
+                        enum_type: target.full_name().to_owned(),
+                    })
+                }
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        },
+        (value, kind) if value.is_valid(kind) => Ok(()),
+        (value, kind) => Err(Problem::TypeMismatch {
+            expected: kind_name(kind),
+            found: value_type_name(value).to_owned(),
+        }),
     }
 }
 
@@ -340,6 +493,9 @@ fn fit_field(field: Field, target: &FieldDescriptor) -> Result<Value, FitError> 
             }
             _ => Err(here(mismatch(target, found))),
         },
+        Slot::Messages(records) if records.is_empty() && target.is_list() => {
+            Ok(Value::List(Vec::new()))
+        }
         Slot::Messages(records) => match kind.as_message() {
             Some(descriptor) if target.is_list() => records
                 .into_iter()
@@ -398,9 +554,7 @@ fn fit_single(
             if message.descriptor() == *descriptor {
                 Ok(Value::Message(message))
             } else {
-                Record::from_message(message)
-                    .into_message(descriptor)
-                    .map(Value::Message)
+                carry(message, descriptor).map(Value::Message)
             }
         }
         (Value::EnumNumber(number), Kind::Enum(target)) => match enum_type {

@@ -8,7 +8,9 @@
 //! field and the offending value rather than guess: a rename never overwrites,
 //! a conversion never wraps, truncates or leaves a non-finite number.
 
-use std::{collections::BTreeMap, collections::HashMap, fmt, io::Write as _, str::FromStr as _};
+use std::{
+    collections::BTreeMap, collections::HashMap, fmt, io::Write as _, str::FromStr as _, sync::Arc,
+};
 
 use prost_reflect::{EnumDescriptor, Value};
 use rust_decimal::{
@@ -197,11 +199,13 @@ pub enum Unmapped {
     Fail,
 }
 
-/// Splits a resolved path into its parents and the field's own name.
-fn split(path: &[Segment]) -> (&[Segment], &str) {
+/// Splits a resolved path into its parents and the field's own name (paths
+/// are never empty: the start-up checks build them).
+fn split(path: &[Segment]) -> (&[Segment], &Arc<str>) {
+    static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from(""));
     match path.split_last() {
-        Some((last, parents)) => (parents, last.name.as_str()),
-        None => (&[], ""),
+        Some((last, parents)) => (parents, &last.name),
+        None => (&[], &NONE),
     }
 }
 
@@ -244,7 +248,7 @@ impl Upcaster for Move {
                     return Err(Problem::Occupied);
                 }
                 if let Some(field) = field.take() {
-                    parent.insert(to_name, field);
+                    parent.insert_named(to_name, field);
                 }
                 Ok(())
             })
@@ -281,7 +285,7 @@ impl Upcaster for Set {
         payload
             .for_each_at(parents, true, &mut |record| {
                 if !(self.only_when_absent && record.contains(name)) {
-                    record.insert(name, self.value.clone());
+                    record.insert_named(name, self.value.clone());
                 }
                 Ok(())
             })
@@ -328,7 +332,7 @@ pub struct Conversion {
 
 pub struct Convert {
     pub path: Vec<Segment>,
-    pub rename_to: Option<String>,
+    pub rename_to: Option<Arc<str>>,
     pub conversion: Conversion,
     pub text: String,
 }
@@ -365,11 +369,11 @@ impl Upcaster for Convert {
                             return Err(Problem::Occupied);
                         }
                         record.take(name);
-                        rename_to.as_str()
+                        rename_to
                     }
                     None => name,
                 };
-                record.insert(destination, Field::new(converted));
+                record.insert_named(destination, Field::new(converted));
                 Ok(())
             })
             .map_err(|problem| {
@@ -377,7 +381,7 @@ impl Upcaster for Convert {
                     (Some(rename_to), true) => {
                         let (parents, _) = self.text.rsplit_once('.').unwrap_or_default();
                         if parents.is_empty() {
-                            rename_to.clone()
+                            rename_to.to_string()
                         } else {
                             format!("{parents}.{rename_to}")
                         }
@@ -992,7 +996,7 @@ mod tests {
     fn path(text: &str, repeated: &[&str]) -> Vec<Segment> {
         text.split('.')
             .map(|name| Segment {
-                name: name.to_owned(),
+                name: name.into(),
                 repeated: repeated.contains(&name),
             })
             .collect()
