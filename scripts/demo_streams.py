@@ -3,6 +3,7 @@
 create URL NAME SUBJECT [NAME SUBJECT ...]   create streams if missing
 wait URL SECONDS NAME=COUNT [...]            wait until streams hold at least COUNT
 show URL NAME                                print a stream's messages, one line each
+kv URL BUCKET                                print a KV bucket's documents
 """
 
 import asyncio
@@ -45,6 +46,11 @@ async def main(command, url, *args):
                 f" v{headers.get('Jetline-Schema-Version', '?')}  id={headers.get('Nats-Msg-Id', '')}"
                 f"  {headers.get('Content-Type', '')}"
             )
+    elif command == "kv":
+        kv = await js.key_value(args[0])
+        for key in sorted(await kv.keys()):
+            entry = await kv.get(key)
+            print(f"  {key:<12} {entry.value.decode()}")
     await client.close()
 
 
