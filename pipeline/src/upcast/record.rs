@@ -26,8 +26,32 @@ pub struct Record {
 
 #[derive(Debug, Clone)]
 struct Entry {
+    /// [`name_key`] of the name: most lookups are settled without reading
+    /// the name through its descriptor.
+    key: u64,
     name: Name,
     field: Field,
+}
+
+impl Entry {
+    fn new(name: Name, field: Field) -> Self {
+        Self {
+            key: name_key(name.as_str()),
+            name,
+            field,
+        }
+    }
+}
+
+/// A name's length and first seven bytes: equal for equal names, and
+/// different for nearly all others.
+fn name_key(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut key = [0u8; 8];
+    key[0] = bytes.len().min(255) as u8;
+    let prefix = bytes.len().min(7);
+    key[1..=prefix].copy_from_slice(&bytes[..prefix]);
+    u64::from_le_bytes(key)
 }
 
 /// A field keeps its schema's descriptor as its name until a step renames
@@ -180,9 +204,9 @@ impl Record {
     /// their numbers mean nothing in another version).
     pub fn from_message(mut message: DynamicMessage) -> Self {
         let mut entries = Vec::with_capacity(message.descriptor().fields().len());
-        entries.extend(message.take_fields().map(|(descriptor, value)| Entry {
-            field: Field::declared(value, &descriptor),
-            name: Name::Declared(descriptor),
+        entries.extend(message.take_fields().map(|(descriptor, value)| {
+            let field = Field::declared(value, &descriptor);
+            Entry::new(Name::Declared(descriptor), field)
         }));
         Self { entries }
     }
@@ -220,10 +244,9 @@ impl Record {
     pub fn insert(&mut self, name: &str, field: Field) {
         match self.position(name) {
             Some(index) => self.entries[index].field = field,
-            None => self.entries.push(Entry {
-                name: Name::Given(Arc::from(name)),
-                field,
-            }),
+            None => self
+                .entries
+                .push(Entry::new(Name::Given(Arc::from(name)), field)),
         }
     }
 
@@ -231,10 +254,9 @@ impl Record {
     pub(crate) fn insert_named(&mut self, name: &Arc<str>, field: Field) {
         match self.position(name) {
             Some(index) => self.entries[index].field = field,
-            None => self.entries.push(Entry {
-                name: Name::Given(Arc::clone(name)),
-                field,
-            }),
+            None => self
+                .entries
+                .push(Entry::new(Name::Given(Arc::clone(name)), field)),
         }
     }
 
@@ -257,9 +279,10 @@ impl Record {
     }
 
     fn position(&self, name: &str) -> Option<usize> {
+        let key = name_key(name);
         self.entries
             .iter()
-            .position(|entry| entry.name.as_str() == name)
+            .position(|entry| entry.key == key && entry.name.as_str() == name)
     }
 
     /// Opens a message (or repeated message) field into records.
@@ -304,10 +327,10 @@ impl Record {
         let index = match self.position(&first.name) {
             Some(index) => index,
             None if create && !first.repeated => {
-                self.entries.push(Entry {
-                    name: Name::Given(Arc::clone(&first.name)),
-                    field: Field::message(Record::default()),
-                });
+                self.entries.push(Entry::new(
+                    Name::Given(Arc::clone(&first.name)),
+                    Field::message(Record::default()),
+                ));
                 self.entries.len() - 1
             }
             None => return Ok(()),
