@@ -52,7 +52,8 @@ impl Router {
     }
 }
 
-/// Every event type a route or a pinned sink version names must have a schema.
+/// Every event type a route names must have a schema (sink pins are checked
+/// with the upcasters, in `upcast/check.rs`).
 pub fn check_against_schemas(config: &Config, registry: &SchemaRegistry) -> Vec<ConfigError> {
     let mut errors = Vec::new();
     for (index, route) in config.routes.iter().enumerate() {
