@@ -159,9 +159,7 @@ impl<S: Sink> Pipeline<S> {
                 _ = sleep_until(recovery_deadline) => {
                     if let Some(done) = recovery.take() {
                         tracing::info!(consumer = %self.spec.durable_name, returned = done.returned.len(), "Recovery window over");
-                        for delivery in done.release() {
-                            self.admit(delivery, &mut lanes).await;
-                        }
+                        self.admit_held(done, &mut lanes).await;
                         self.start_ready(&mut lanes, &mut tasks);
                     }
                 }
@@ -175,11 +173,10 @@ impl<S: Sink> Pipeline<S> {
                     Some(Ok(message)) => {
                         match (Delivery::from_message(&stream_name, message), recovery.as_mut()) {
                             (Ok(delivery), Some(held)) => {
-                                if held.hold(delivery) {
-                                    let done = recovery.take().map(Recovery::release).unwrap_or_default();
-                                    for delivery in done {
-                                        self.admit(delivery, &mut lanes).await;
-                                    }
+                                if held.hold(delivery)
+                                    && let Some(done) = recovery.take()
+                                {
+                                    self.admit_held(done, &mut lanes).await;
                                 }
                             }
                             (Ok(delivery), None) => self.admit(delivery, &mut lanes).await,
@@ -233,6 +230,13 @@ impl<S: Sink> Pipeline<S> {
         Ok(())
     }
 
+    /// Admits, in stream order, what recovery held back.
+    async fn admit_held(&self, recovery: Recovery, lanes: &mut Lanes<Work>) {
+        for delivery in recovery.release() {
+            self.admit(delivery, lanes).await;
+        }
+    }
+
     /// Decodes and routes a delivery, then queues it behind its aggregate.
     async fn admit(&self, delivery: Delivery, lanes: &mut Lanes<Work>) {
         let seq = delivery.stream_seq;
@@ -243,7 +247,7 @@ impl<S: Sink> Pipeline<S> {
             let event_type = envelope::peek(delivery.content_type(), &delivery.body)
                 .map(|peek| peek.event_type)
                 .unwrap_or_default();
-            self.skip(&delivery, &event_type).await;
+            self.skip(&delivery, self.known(&event_type)).await;
             return;
         }
         match self.decoder.decode(delivery.content_type(), &delivery.body) {
@@ -267,8 +271,8 @@ impl<S: Sink> Pipeline<S> {
                     None => self.router.wants_subject(&delivery.subject),
                 };
                 if !wanted {
-                    self.skip(&delivery, error.event_type().unwrap_or_default())
-                        .await;
+                    let event_type = error.event_type().unwrap_or_default();
+                    self.skip(&delivery, self.known(event_type)).await;
                     return;
                 }
                 telemetry::validation_failure(&self.spec.source, error.reason());
@@ -277,9 +281,10 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
+    /// Acks a delivery this sink does not want; `event_type` is a label.
     async fn skip(&self, delivery: &Delivery, event_type: &str) {
         self.settler()
-            .settle(delivery, self.known(event_type), &Outcome::Skipped)
+            .settle(delivery, event_type, &Outcome::Skipped)
             .await;
     }
 
@@ -301,7 +306,9 @@ impl<S: Sink> Pipeline<S> {
     async fn process(&self, work: Work, dispatch: Dispatch) -> Completion {
         let (delivery, event_type, outcome) = match (work, dispatch) {
             (Work::Reject(delivery, error), _) => {
-                let event_type = error.event_type().unwrap_or_default().to_owned();
+                let event_type = self
+                    .known(error.event_type().unwrap_or_default())
+                    .to_owned();
                 let outcome = Outcome::DeadLetter {
                     reason: error.reason(),
                     error: error.to_string(),
@@ -339,9 +346,10 @@ impl<S: Sink> Pipeline<S> {
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };
+        // Decoded events have a known type; `Reject` was labelled above.
         let completion = self
             .settler()
-            .settle(&delivery, self.known(&event_type), &outcome)
+            .settle(&delivery, &event_type, &outcome)
             .await;
         let parks = matches!(
             outcome,
@@ -372,18 +380,18 @@ impl<S: Sink> Pipeline<S> {
             }
         };
         telemetry::sink_duration(&self.spec.sink, started.elapsed());
-        if result.is_ok() {
-            let published = event.delivery.published;
-            let age = time::OffsetDateTime::now_utc() - published;
-            telemetry::end_to_end(&self.spec.sink, age.as_seconds_f64());
-        } else if let Err(error) = &result {
-            tracing::info!(
+        match &result {
+            Ok(_) => {
+                let age = time::OffsetDateTime::now_utc() - event.delivery.published;
+                telemetry::end_to_end(&self.spec.sink, age.as_seconds_f64());
+            }
+            Err(error) => tracing::info!(
                 sink = %self.spec.sink,
                 stream_seq = event.delivery.stream_seq,
                 attempt = event.delivery.attempt,
                 error = %error,
                 "Sink write failed"
-            );
+            ),
         }
         outcome::decide(
             &result,

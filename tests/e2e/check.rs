@@ -8,9 +8,14 @@ use crate::support::*;
 fn check(yaml: &str) -> (i32, String, String) {
     let mut file = tempfile::NamedTempFile::new().expect("config file");
     file.write_all(yaml.as_bytes()).expect("written");
+    check_file(file.path())
+}
+
+/// `jetline check` of a file: exit code, stdout, stderr.
+fn check_file(path: &std::path::Path) -> (i32, String, String) {
     let output = Command::new(jetline_bin())
         .args(["check", "--config"])
-        .arg(file.path())
+        .arg(path)
         .output()
         .expect("jetline check runs");
     (
@@ -108,17 +113,8 @@ fn every_shipped_configuration_checks() {
     for entry in std::fs::read_dir(&dir).expect("config/ exists") {
         let path = entry.expect("entry").path();
         if path.extension().is_some_and(|ext| ext == "yaml") {
-            let output = Command::new(jetline_bin())
-                .args(["check", "--config"])
-                .arg(&path)
-                .output()
-                .expect("check runs");
-            assert!(
-                output.status.success(),
-                "{}: {}",
-                path.display(),
-                String::from_utf8_lossy(&output.stderr)
-            );
+            let (code, _, stderr) = check_file(&path);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
             checked += 1;
         }
     }
