@@ -53,7 +53,7 @@ use crate::{
         postgres::PostgresSink,
     },
     source::SourceError,
-    telemetry::Readiness,
+    telemetry::{ConsumerMetrics, Readiness},
     upcast::{CodeSteps, Upcasters},
 };
 
@@ -312,7 +312,27 @@ impl SpawnContext<'_> {
     ) {
         let config = &self.prepared.config;
         for spec in config.pipelines.iter().filter(|p| p.sink == sink_name) {
+            let registry = self.prepared.decoder.registry();
+            let schema_version = config.sinks[sink_name].schema_version;
+            let event_types = registry.event_types();
+            let upcasts = event_types.iter().filter_map(|(event_type, versions)| {
+                let target = self
+                    .prepared
+                    .upcasters
+                    .target_version(event_type, schema_version)
+                    .ok()?;
+                let from = versions.iter().copied().filter(|v| *v < target).collect();
+                Some((*event_type, from, target))
+            });
+            let metrics = ConsumerMetrics::new(
+                &spec.source,
+                sink_name,
+                event_types.keys().copied(),
+                upcasts,
+            );
             let pipeline = Arc::new(Pipeline {
+                metrics,
+                client: self.jetstream.client(),
                 spec: spec.clone(),
                 settings: config.sinks[sink_name].consumer.clone(),
                 router: Router::new(spec.routes.iter().map(|&index| &config.routes[index])),

@@ -7,6 +7,12 @@ use std::process::ExitCode;
 use clap::Parser;
 use jetline::cli::{self, Cli, Command, LogFormat};
 
+/// The hot path allocates small, short-lived values on two threads; mimalloc
+/// serves those from per-thread pages where glibc's malloc contends and
+/// consolidates (measured in docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Operator commands print their result; only `run` logs at info.

@@ -16,7 +16,7 @@ use crate::{
     lanes::Completion,
     sink::{Applied, ErrorClass, SinkError},
     source::Delivery,
-    telemetry,
+    telemetry::{ConsumerMetrics, Settled},
 };
 
 /// What happens to one delivery.
@@ -34,16 +34,14 @@ pub enum Outcome {
     },
 }
 
-const RETRIED: &str = "retried";
-
 impl Outcome {
-    /// The label of `jetline_events_total{outcome}`.
-    pub fn label(&self) -> &'static str {
+    /// What `jetline_events_total{outcome}` counts it as.
+    pub fn settled(&self) -> Settled {
         match self {
-            Outcome::Applied => "applied",
-            Outcome::Skipped => "skipped",
-            Outcome::Retry { .. } => RETRIED,
-            Outcome::DeadLetter { .. } => "dead_lettered",
+            Outcome::Applied => Settled::Applied,
+            Outcome::Skipped => Settled::Skipped,
+            Outcome::Retry { .. } => Settled::Retried,
+            Outcome::DeadLetter { .. } => Settled::DeadLettered,
         }
     }
 }
@@ -90,9 +88,10 @@ fn jittered(delay: Duration, jitter: f64) -> Duration {
 
 /// Where a settled delivery belongs, for the dead-letter entry and metrics.
 pub struct Settler<'a> {
-    pub source: &'a str,
+    pub client: &'a async_nats::Client,
     pub sink: &'a str,
     pub dead_letters: &'a DeadLetters,
+    pub metrics: &'a ConsumerMetrics,
 }
 
 impl Settler<'_> {
@@ -108,16 +107,16 @@ impl Settler<'_> {
         let done = match (outcome, completion) {
             // The dead letter could not be stored: the event was nak'd and
             // comes back, so it counts as retried.
-            (Outcome::DeadLetter { .. }, Completion::Retrying) => RETRIED,
-            _ => outcome.label(),
+            (Outcome::DeadLetter { .. }, Completion::Retrying) => Settled::Retried,
+            _ => outcome.settled(),
         };
-        telemetry::event(self.source, self.sink, event_type, done);
+        self.metrics.event(event_type, done);
         completion
     }
 
     async fn carry_out(&self, delivery: &Delivery, outcome: &Outcome) -> Completion {
         let result = match outcome {
-            Outcome::Applied | Outcome::Skipped => delivery.acknowledge(AckKind::Ack).await,
+            Outcome::Applied | Outcome::Skipped => delivery.acknowledge(self.client, AckKind::Ack).await,
             Outcome::Retry { after } => {
                 tracing::debug!(
                     sink = self.sink,
@@ -126,7 +125,7 @@ impl Settler<'_> {
                     delay = ?after,
                     "Event will be retried"
                 );
-                let nak = delivery.acknowledge(AckKind::Nak(Some(*after))).await;
+                let nak = delivery.acknowledge(self.client, AckKind::Nak(Some(*after))).await;
                 log_ack_failure(self.sink, delivery, nak);
                 return Completion::Retrying;
             }
@@ -150,7 +149,7 @@ impl Settler<'_> {
                         "Dead letter could not be stored; the event will come back"
                     );
                     let nak = delivery
-                        .acknowledge(AckKind::Nak(Some(Duration::from_secs(1))))
+                        .acknowledge(self.client, AckKind::Nak(Some(Duration::from_secs(1))))
                         .await;
                     log_ack_failure(self.sink, delivery, nak);
                     return Completion::Retrying;
@@ -163,8 +162,8 @@ impl Settler<'_> {
                     error = %error,
                     "Event dead-lettered"
                 );
-                telemetry::dead_lettered(self.sink, *reason);
-                delivery.acknowledge(AckKind::Term).await
+                self.metrics.dead_lettered(*reason);
+                delivery.acknowledge(self.client, AckKind::Term).await
             }
         };
         log_ack_failure(self.sink, delivery, result);
@@ -173,14 +172,14 @@ impl Settler<'_> {
 }
 
 /// Extends the ack deadline of a delivery still being worked on or waiting.
-pub async fn progress(delivery: &Delivery) {
+pub async fn progress(client: &async_nats::Client, delivery: &Delivery) {
     // A lost progress ack only risks a redelivery, which the lanes absorb.
-    let _ = delivery.acknowledge(AckKind::Progress).await;
+    let _ = delivery.acknowledge(client, AckKind::Progress).await;
 }
 
 /// Nak without delay: hand the delivery back at shutdown.
-pub async fn release(delivery: &Delivery) {
-    let _ = delivery.acknowledge(AckKind::Nak(None)).await;
+pub async fn release(client: &async_nats::Client, delivery: &Delivery) {
+    let _ = delivery.acknowledge(client, AckKind::Nak(None)).await;
 }
 
 fn log_ack_failure(

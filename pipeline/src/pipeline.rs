@@ -12,20 +12,19 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
-use futures::{FutureExt, StreamExt};
-use tokio::task::JoinSet;
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConsumerSettings, OnDeadLetter, Ordering, PipelineSpec},
     dead_letter::{self, DeadLetterReason, DeadLetters},
-    envelope::{self, DecodeError, Decoder},
+    envelope::{self, DecodeError, Decoder, Encoding},
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
     route::Router,
     sink::{Event, Sink},
     source::{self, Delivery, SourceError},
-    telemetry::{self, Readiness},
+    telemetry::{ConsumerMetrics, Readiness},
     upcast::Upcasters,
 };
 
@@ -40,9 +39,18 @@ pub struct Pipeline<S> {
     pub schema_version: Option<u32>,
     pub sink: Arc<S>,
     pub dead_letters: DeadLetters,
+    pub metrics: ConsumerMetrics,
+    /// Sends this consumer's acks.
+    pub client: async_nats::Client,
 }
 
+/// Deliveries taken from the pull stream in one go once one has arrived:
+/// admitted together, then started together.
+const ADMIT_BATCH: usize = 256;
+
 /// A delivery admitted to the lanes.
+// `Apply` is the common case: boxing it to even the sizes would allocate per event.
+#[allow(clippy::large_enum_variant)]
 enum Work {
     Apply(Event),
     Reject(Delivery, DecodeError),
@@ -131,7 +139,9 @@ impl<S: Sink> Pipeline<S> {
         );
         let stream_name: Arc<str> = Arc::from(self.spec.stream.as_str());
         let mut lanes: Lanes<Work> = Lanes::new(self.settings.concurrency);
-        let mut tasks: JoinSet<(Option<String>, u64, Completion)> = JoinSet::new();
+        // The events being applied, polled by this task: no task is spawned
+        // per event.
+        let mut in_flight = FuturesUnordered::new();
         let mut progress = tokio::time::interval(self.progress_interval());
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut messages = None;
@@ -160,29 +170,39 @@ impl<S: Sink> Pipeline<S> {
                     if let Some(done) = recovery.take() {
                         tracing::info!(consumer = %self.spec.durable_name, returned = done.returned.len(), "Recovery window over");
                         self.admit_held(done, &mut lanes).await;
-                        self.start_ready(&mut lanes, &mut tasks);
+                        self.start_ready(&mut lanes, &mut in_flight);
                     }
                 }
-                Some(joined) = tasks.join_next() => {
-                    if let Ok((key, seq, completion)) = joined {
+                Some((key, seq, completion)) = in_flight.next() => {
+                    lanes.complete(key.as_deref(), seq, completion);
+                    // Settle everything that finished meanwhile before
+                    // starting more, so ready keys are started together.
+                    while let Some(Some((key, seq, completion))) = in_flight.next().now_or_never() {
                         lanes.complete(key.as_deref(), seq, completion);
                     }
-                    self.start_ready(&mut lanes, &mut tasks);
+                    self.start_ready(&mut lanes, &mut in_flight);
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
-                        match (Delivery::from_message(&stream_name, message), recovery.as_mut()) {
-                            (Ok(delivery), Some(held)) => {
-                                if held.hold(delivery)
-                                    && let Some(done) = recovery.take()
-                                {
-                                    self.admit_held(done, &mut lanes).await;
+                        self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
+                        // What the client already holds is admitted at once.
+                        for _ in 1..ADMIT_BATCH {
+                            match stream.next().now_or_never() {
+                                Some(Some(Ok(message))) => {
+                                    self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
                                 }
+                                Some(Some(Err(error))) => {
+                                    tracing::warn!(consumer = %self.spec.durable_name, error = %error, "Pull error");
+                                    break;
+                                }
+                                Some(None) => {
+                                    messages = None;
+                                    break;
+                                }
+                                None => break,
                             }
-                            (Ok(delivery), None) => self.admit(delivery, &mut lanes).await,
-                            (Err(error), _) => tracing::warn!(error = %error, "Message ignored"),
                         }
-                        self.start_ready(&mut lanes, &mut tasks);
+                        self.start_ready(&mut lanes, &mut in_flight);
                     }
                     Some(Err(error)) => {
                         tracing::warn!(consumer = %self.spec.durable_name, error = %error, "Pull error");
@@ -191,10 +211,10 @@ impl<S: Sink> Pipeline<S> {
                 },
                 _ = progress.tick() => {
                     for work in lanes.waiting() {
-                        outcome::progress(work.delivery()).await;
+                        outcome::progress(&self.client, work.delivery()).await;
                     }
                     for delivery in recovery.iter().flat_map(|r| r.held.iter()) {
-                        outcome::progress(delivery).await;
+                        outcome::progress(&self.client, delivery).await;
                     }
                 }
             }
@@ -204,10 +224,8 @@ impl<S: Sink> Pipeline<S> {
         // first take what the client already holds and stop pulling, so the
         // nak'd messages wait on the server for the next run instead of
         // coming back to this one.
-        while let Some(joined) = tasks.join_next().await {
-            if let Ok((key, seq, completion)) = joined {
-                lanes.complete(key.as_deref(), seq, completion);
-            }
+        while let Some((key, seq, completion)) = in_flight.next().await {
+            lanes.complete(key.as_deref(), seq, completion);
         }
         let mut unread = Vec::new();
         if let Some(mut stream) = messages.take() {
@@ -224,10 +242,35 @@ impl<S: Sink> Pipeline<S> {
             .chain(held)
             .chain(&unread)
         {
-            outcome::release(delivery).await;
+            outcome::release(&self.client, delivery).await;
         }
         tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
         Ok(())
+    }
+
+    /// Turns a message into a delivery and admits it, or holds it while
+    /// recovery waits for what a previous run left unacked.
+    async fn receive(
+        &self,
+        stream_name: &Arc<str>,
+        message: async_nats::jetstream::Message,
+        recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
+    ) {
+        match (
+            Delivery::from_message(stream_name, message),
+            recovery.as_mut(),
+        ) {
+            (Ok(delivery), Some(held)) => {
+                if held.hold(delivery)
+                    && let Some(done) = recovery.take()
+                {
+                    self.admit_held(done, lanes).await;
+                }
+            }
+            (Ok(delivery), None) => self.admit(delivery, lanes).await,
+            (Err(error), _) => tracing::warn!(error = %error, "Message ignored"),
+        }
     }
 
     /// Admits, in stream order, what recovery held back.
@@ -247,7 +290,7 @@ impl<S: Sink> Pipeline<S> {
             let event_type = envelope::peek(delivery.content_type(), &delivery.body)
                 .map(|peek| peek.event_type)
                 .unwrap_or_default();
-            self.skip(&delivery, self.known(&event_type)).await;
+            self.skip(&delivery, &event_type).await;
             return;
         }
         match self.decoder.decode(delivery.content_type(), &delivery.body) {
@@ -260,7 +303,12 @@ impl<S: Sink> Pipeline<S> {
                     Ordering::PerKey => Some(envelope.aggregate_id.clone()),
                     Ordering::None => None,
                 };
-                let work = Work::Apply(Event { envelope, delivery });
+                let original = Encoding::from_content_type(delivery.content_type()).ok();
+                let work = Work::Apply(Event {
+                    envelope,
+                    delivery,
+                    original,
+                });
                 // A duplicate of an event in flight is dropped: the running
                 // one settles it.
                 let _ = lanes.admit(key.as_deref(), seq, work);
@@ -272,10 +320,10 @@ impl<S: Sink> Pipeline<S> {
                 };
                 if !wanted {
                     let event_type = error.event_type().unwrap_or_default();
-                    self.skip(&delivery, self.known(event_type)).await;
+                    self.skip(&delivery, event_type).await;
                     return;
                 }
-                telemetry::validation_failure(&self.spec.source, error.reason());
+                self.metrics.validation_failure(error.reason());
                 let _ = lanes.admit(None, seq, Work::Reject(delivery, error));
             }
         }
@@ -288,17 +336,17 @@ impl<S: Sink> Pipeline<S> {
             .await;
     }
 
-    fn start_ready(
-        self: &Arc<Self>,
+    /// Starts every event the lanes allow.
+    fn start_ready<'a>(
+        &'a self,
         lanes: &mut Lanes<Work>,
-        tasks: &mut JoinSet<(Option<String>, u64, Completion)>,
+        in_flight: &mut FuturesUnordered<InFlight<'a>>,
     ) {
         while let Some((key, seq, work, dispatch)) = lanes.next_ready() {
-            let pipeline = Arc::clone(self);
-            tasks.spawn(async move {
-                let completion = pipeline.process(work, dispatch).await;
+            in_flight.push(Box::pin(async move {
+                let completion = self.process(work, dispatch).await;
                 (key, seq, completion)
-            });
+            }));
         }
     }
 
@@ -306,9 +354,7 @@ impl<S: Sink> Pipeline<S> {
     async fn process(&self, work: Work, dispatch: Dispatch) -> Completion {
         let (delivery, event_type, outcome) = match (work, dispatch) {
             (Work::Reject(delivery, error), _) => {
-                let event_type = self
-                    .known(error.event_type().unwrap_or_default())
-                    .to_owned();
+                let event_type = error.event_type().unwrap_or_default().to_owned();
                 let outcome = Outcome::DeadLetter {
                     reason: error.reason(),
                     error: error.to_string(),
@@ -333,8 +379,9 @@ impl<S: Sink> Pipeline<S> {
                     .upcast(&mut event.envelope, self.schema_version)
                 {
                     Ok(upcast) => {
-                        if let Some((from, to)) = upcast {
-                            telemetry::upcast(&event.envelope.event_type, from, to);
+                        if let Some((from, _)) = upcast {
+                            self.metrics.upcast(&event.envelope.event_type, from);
+                            event.original = None;
                         }
                         self.apply(&event).await
                     }
@@ -346,7 +393,6 @@ impl<S: Sink> Pipeline<S> {
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };
-        // Decoded events have a known type; `Reject` was labelled above.
         let completion = self
             .settler()
             .settle(&delivery, &event_type, &outcome)
@@ -369,21 +415,22 @@ impl<S: Sink> Pipeline<S> {
         let started = std::time::Instant::now();
         let write = self.sink.apply(event);
         tokio::pin!(write);
-        let mut progress = tokio::time::interval_at(
-            tokio::time::Instant::now() + self.progress_interval(),
-            self.progress_interval(),
-        );
         let result = loop {
+            // A timer per event only while it is being written, in place:
+            // no allocation, and only slow writes ever see it fire.
             tokio::select! {
+                biased;
                 result = &mut write => break result,
-                _ = progress.tick() => outcome::progress(&event.delivery).await,
+                _ = tokio::time::sleep(self.progress_interval()) => {
+                    outcome::progress(&self.client, &event.delivery).await;
+                }
             }
         };
-        telemetry::sink_duration(&self.spec.sink, started.elapsed());
+        self.metrics.sink_duration(started.elapsed());
         match &result {
             Ok(_) => {
                 let age = time::OffsetDateTime::now_utc() - event.delivery.published;
-                telemetry::end_to_end(&self.spec.sink, age.as_seconds_f64());
+                self.metrics.end_to_end(age.as_seconds_f64());
             }
             Err(error) => tracing::info!(
                 sink = %self.spec.sink,
@@ -401,21 +448,12 @@ impl<S: Sink> Pipeline<S> {
         )
     }
 
-    /// The event type as a metric label: only types the schemas know, so a
-    /// producer's typo cannot grow the label set.
-    fn known<'a>(&self, event_type: &'a str) -> &'a str {
-        if self.decoder.registry().contains(event_type) {
-            event_type
-        } else {
-            "unknown"
-        }
-    }
-
     fn settler(&self) -> Settler<'_> {
         Settler {
-            source: &self.spec.source,
+            client: &self.client,
             sink: &self.spec.sink,
             dead_letters: &self.dead_letters,
+            metrics: &self.metrics,
         }
     }
 
@@ -424,6 +462,11 @@ impl<S: Sink> Pipeline<S> {
         (self.settings.ack_wait / 3).max(Duration::from_millis(100))
     }
 }
+
+/// One event being applied and settled; yields what the lanes need back.
+type InFlight<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = (Option<String>, u64, Completion)> + Send + 'a>,
+>;
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -11,7 +11,6 @@ use async_nats::{
     jetstream::{
         self, AckKind,
         consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
-        message::Acker,
     },
 };
 use bytes::Bytes;
@@ -40,7 +39,7 @@ pub enum SourceError {
 /// A message as received, with everything needed to settle it later.
 pub struct Delivery {
     pub stream: Arc<str>,
-    pub subject: String,
+    pub subject: async_nats::Subject,
     pub headers: Option<HeaderMap>,
     pub body: Bytes,
     pub stream_seq: u64,
@@ -48,7 +47,10 @@ pub struct Delivery {
     /// survives a restart of Jetline.
     pub attempt: u32,
     pub published: OffsetDateTime,
-    acker: Acker,
+    /// Where acks go. The client that sends them is the consumer's own: a
+    /// delivery does not carry a JetStream context of its own, which keeps
+    /// it small to move.
+    reply: Option<async_nats::Subject>,
 }
 
 impl std::fmt::Debug for Delivery {
@@ -75,16 +77,16 @@ impl Delivery {
             u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
             info.published,
         );
-        let (message, acker) = message.split();
+        let message = message.message;
         Ok(Self {
+            reply: message.reply,
             stream: Arc::clone(stream),
-            subject: message.subject.to_string(),
+            subject: message.subject,
             headers: message.headers,
             body: message.payload,
             stream_seq,
             attempt,
             published,
-            acker,
         })
     }
 
@@ -96,9 +98,16 @@ impl Delivery {
             .map(|value| value.as_str())
     }
 
-    pub(crate) async fn acknowledge(&self, kind: AckKind) -> Result<(), SourceError> {
-        self.acker
-            .ack_with(kind)
+    pub(crate) async fn acknowledge(
+        &self,
+        client: &async_nats::Client,
+        kind: AckKind,
+    ) -> Result<(), SourceError> {
+        let Some(reply) = &self.reply else {
+            return Err(SourceError::Ack("the message has no reply subject".into()));
+        };
+        client
+            .publish(reply.clone(), kind.into())
             .await
             .map_err(|err| SourceError::Ack(err.to_string()))
     }

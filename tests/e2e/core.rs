@@ -17,7 +17,7 @@ fn one_sink_config(url: &str, stream: &str, prefix: &str, out_subject: &str) -> 
 sources:
   orders: {{ stream: {stream}, subjects: ['{prefix}.>'] }}
 sinks:
-  out: {{ type: jetstream, subject: '{out_subject}' }}
+  out: {{ type: jetstream, subject: '{out_subject}', headers: full }}
 routes:
   - {{ name: all, from: orders, to: [out] }}
 dead_letter: {{ stream: DLQ_{stream}, subject_prefix: dlq_{prefix} }}

@@ -104,7 +104,7 @@ async fn every_version_and_encoding_reaches_the_sink_at_its_target_version() {
 sources:
   orders: {{ stream: UPC, subjects: ['upc.>'] }}
 sinks:
-  newest: {{ type: jetstream, subject: 'upcout.{{aggregate_id}}' }}
+  newest: {{ type: jetstream, subject: 'upcout.{{aggregate_id}}', headers: full }}
   pinned: {{ type: jetstream, subject: 'upcpin.{{aggregate_id}}', schema_version: 2 }}
 routes:
   - {{ name: all, from: orders, to: [newest, pinned] }}
@@ -195,6 +195,19 @@ upcasters: {}
 
     // Pinned at 2: v1 and v2 at v2; v3 is never downcast, so dead-lettered.
     let pinned = stream_messages(&js, "UPC_PIN").await;
+    // The default header set: the id and the content type, nothing of Jetline's.
+    for message in &pinned {
+        let names: Vec<&str> = message
+            .headers
+            .iter()
+            .map(|(name, _)| name.as_ref())
+            .collect();
+        assert!(
+            names.iter().all(|name| !name.starts_with("Jetline-")),
+            "{names:?}"
+        );
+        assert_eq!(header(message, "Content-Type"), "application/protobuf");
+    }
     let pinned_dead = dead_for("pinned");
     assert_eq!(pinned.len() as u64 + pinned_dead.len() as u64, published);
     let mut dead_events: Vec<String> = pinned_dead

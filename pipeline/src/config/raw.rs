@@ -267,6 +267,20 @@ pub struct JetStreamSinkConfig {
     /// Envelope encoding written: `protobuf` (default) or `json`.
     #[serde(default)]
     pub format: Format,
+    /// Headers written beside `Nats-Msg-Id`, `Content-Type` and the trace
+    /// context: `minimal` (default) adds none; `full` adds the
+    /// `Jetline-*` envelope and source headers, for readers that route on
+    /// them without decoding the envelope.
+    #[serde(default)]
+    pub headers: HeaderSet,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HeaderSet {
+    #[default]
+    Minimal,
+    Full,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

@@ -3,7 +3,8 @@
 //! event once, and waits for the stream's ack.
 //!
 //! Many events are in flight at once (one per lane): publishes pipeline on the
-//! connection, each lane awaiting only its own ack.
+//! connection, each lane awaiting only its own ack. An event that was not
+//! upcast goes out as the source's own bytes when the encodings agree.
 
 use async_nats::{
     HeaderMap,
@@ -12,7 +13,7 @@ use async_nats::{
 
 use super::{Applied, Event, Sink, SinkError};
 use crate::{
-    config::raw::{Format, JetStreamSinkConfig},
+    config::raw::{Format, HeaderSet, JetStreamSinkConfig},
     envelope::Encoding,
     template::Template,
 };
@@ -36,6 +37,7 @@ pub struct JetStreamSink {
     jetstream: jetstream::Context,
     subject: Template,
     encoding: Encoding,
+    header_set: HeaderSet,
 }
 
 impl JetStreamSink {
@@ -56,6 +58,7 @@ impl JetStreamSink {
             jetstream,
             subject,
             encoding,
+            header_set: config.headers,
         })
     }
 
@@ -64,6 +67,16 @@ impl JetStreamSink {
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
         headers.insert("Content-Type", self.encoding.content_type());
+        if let Some(source) = &event.delivery.headers {
+            for name in CARRIED_HEADERS {
+                if let Some(value) = source.get(*name) {
+                    headers.insert(*name, value.as_str());
+                }
+            }
+        }
+        if self.header_set == HeaderSet::Minimal {
+            return headers;
+        }
         headers.insert(header::EVENT_TYPE, envelope.event_type.as_str());
         headers.insert(
             header::SCHEMA_VERSION,
@@ -84,13 +97,6 @@ impl JetStreamSink {
             header::SOURCE_SEQ,
             event.delivery.stream_seq.to_string().as_str(),
         );
-        if let Some(source) = &event.delivery.headers {
-            for name in CARRIED_HEADERS {
-                if let Some(value) = source.get(*name) {
-                    headers.insert(*name, value.as_str());
-                }
-            }
-        }
         headers
     }
 }
@@ -104,7 +110,10 @@ impl Sink for JetStreamSink {
                 what: "subject",
                 source,
             })?;
-        let body = event.envelope.encode(self.encoding);
+        let body = match event.original_body(self.encoding) {
+            Some(original) => original.clone(),
+            None => event.envelope.encode(self.encoding).into(),
+        };
         let publish_error = |kind: PublishErrorKind, message: String| match kind {
             PublishErrorKind::StreamNotFound => SinkError::NoStream {
                 subject: subject.clone(),
@@ -125,7 +134,7 @@ impl Sink for JetStreamSink {
         };
         let ack = self
             .jetstream
-            .publish_with_headers(subject.clone(), self.headers(event), body.into())
+            .publish_with_headers(subject.clone(), self.headers(event), body)
             .await
             .map_err(|err| publish_error(err.kind(), err.to_string()))?;
         ack.await

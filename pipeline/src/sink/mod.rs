@@ -19,7 +19,7 @@ use prost_reflect::MessageDescriptor;
 
 use crate::{
     config::{Config, ConfigError, SinkKind},
-    envelope::Envelope,
+    envelope::{Encoding, Envelope},
     schema::SchemaRegistry,
     source::Delivery,
     template::TemplateError,
@@ -31,6 +31,17 @@ use crate::{
 pub struct Event {
     pub envelope: Envelope,
     pub delivery: Delivery,
+    /// The encoding of `delivery.body` while the envelope is still exactly
+    /// what that body holds (not upcast): a sink writing that encoding can
+    /// pass the original bytes through instead of encoding again.
+    pub original: Option<Encoding>,
+}
+
+impl Event {
+    /// The source bytes, when they are this event in `encoding` as it is now.
+    pub fn original_body(&self, encoding: Encoding) -> Option<&bytes::Bytes> {
+        (self.original == Some(encoding)).then_some(&self.delivery.body)
+    }
 }
 
 /// A successful write.

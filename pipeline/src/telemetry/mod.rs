@@ -12,7 +12,12 @@ use std::{
     time::Duration,
 };
 
-use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
+use std::collections::HashMap;
+
+use metrics::{
+    Counter, Histogram, counter, describe_counter, describe_gauge, describe_histogram, gauge,
+    histogram,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
@@ -108,15 +113,147 @@ fn describe() {
     );
 }
 
-pub fn event(source: &str, sink: &str, event_type: &str, outcome: &'static str) {
-    counter!(EVENTS_TOTAL, "source" => source.to_owned(), "sink" => sink.to_owned(),
-        "event_type" => event_type.to_owned(), "outcome" => outcome)
-    .increment(1);
+/// The outcomes counted in `jetline_events_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Settled {
+    Applied,
+    Skipped,
+    Retried,
+    DeadLettered,
 }
 
-pub fn dead_lettered(sink: &str, reason: DeadLetterReason) {
-    counter!(DEAD_LETTERS_TOTAL, "sink" => sink.to_owned(), "reason" => reason.as_str())
-        .increment(1);
+impl Settled {
+    const ALL: [Settled; 4] = [
+        Settled::Applied,
+        Settled::Skipped,
+        Settled::Retried,
+        Settled::DeadLettered,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Settled::Applied => "applied",
+            Settled::Skipped => "skipped",
+            Settled::Retried => "retried",
+            Settled::DeadLettered => "dead_lettered",
+        }
+    }
+}
+
+/// One consumer's metric handles, registered once at start-up: recording an
+/// event is an atomic add, with no label strings built and no registry
+/// lookup (the event type is found in a small map by `&str`).
+#[derive(Debug)]
+pub struct ConsumerMetrics {
+    /// Outcome counters per known event type; `"unknown"` for the rest.
+    events: HashMap<String, [Counter; 4]>,
+    unknown_events: [Counter; 4],
+    /// Upcast counters per (event type, from version); every upcast of a
+    /// consumer goes to one target version per type.
+    upcasts: HashMap<String, Vec<(u32, Counter)>>,
+    dead_letters: Vec<(DeadLetterReason, Counter)>,
+    validation_failures: Vec<(DeadLetterReason, Counter)>,
+    sink_duration: Histogram,
+    end_to_end: Histogram,
+}
+
+impl ConsumerMetrics {
+    /// `upcasts` lists, per event type, the versions it can be upcast from
+    /// and the version it goes to for this consumer's sink.
+    pub fn new<'a>(
+        source: &str,
+        sink: &str,
+        event_types: impl IntoIterator<Item = &'a str>,
+        upcasts: impl IntoIterator<Item = (&'a str, Vec<u32>, u32)>,
+    ) -> Self {
+        let outcomes = |event_type: &str| {
+            Settled::ALL.map(|outcome| {
+                counter!(EVENTS_TOTAL, "source" => source.to_owned(), "sink" => sink.to_owned(),
+                    "event_type" => event_type.to_owned(), "outcome" => outcome.as_str())
+            })
+        };
+        Self {
+            events: event_types
+                .into_iter()
+                .map(|event_type| (event_type.to_owned(), outcomes(event_type)))
+                .collect(),
+            unknown_events: outcomes("unknown"),
+            upcasts: upcasts
+                .into_iter()
+                .map(|(event_type, from_versions, to)| {
+                    let counters = from_versions
+                        .into_iter()
+                        .map(|from| {
+                            let counter = counter!(UPCASTS_TOTAL,
+                                "event_type" => event_type.to_owned(),
+                                "from_version" => from.to_string(), "to_version" => to.to_string());
+                            (from, counter)
+                        })
+                        .collect();
+                    (event_type.to_owned(), counters)
+                })
+                .collect(),
+            dead_letters: DeadLetterReason::ALL
+                .iter()
+                .map(|reason| {
+                    let counter = counter!(DEAD_LETTERS_TOTAL, "sink" => sink.to_owned(),
+                        "reason" => reason.as_str());
+                    (*reason, counter)
+                })
+                .collect(),
+            validation_failures: DeadLetterReason::ALL
+                .iter()
+                .map(|reason| {
+                    let counter = counter!(VALIDATION_FAILURES_TOTAL,
+                        "source" => source.to_owned(), "reason" => reason.as_str());
+                    (*reason, counter)
+                })
+                .collect(),
+            sink_duration: histogram!(SINK_DURATION_SECONDS, "sink" => sink.to_owned()),
+            end_to_end: histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()),
+        }
+    }
+
+    /// Whether the schemas know `event_type` (else it is labelled `unknown`,
+    /// so a producer's typo cannot grow the label set).
+    pub fn knows(&self, event_type: &str) -> bool {
+        self.events.contains_key(event_type)
+    }
+
+    pub fn event(&self, event_type: &str, outcome: Settled) {
+        let counters = self.events.get(event_type).unwrap_or(&self.unknown_events);
+        counters[outcome as usize].increment(1);
+    }
+
+    pub fn dead_lettered(&self, reason: DeadLetterReason) {
+        if let Some((_, counter)) = self.dead_letters.iter().find(|(r, _)| *r == reason) {
+            counter.increment(1);
+        }
+    }
+
+    pub fn validation_failure(&self, reason: DeadLetterReason) {
+        if let Some((_, counter)) = self.validation_failures.iter().find(|(r, _)| *r == reason) {
+            counter.increment(1);
+        }
+    }
+
+    pub fn upcast(&self, event_type: &str, from_version: u32) {
+        let counter = self
+            .upcasts
+            .get(event_type)
+            .and_then(|counters| counters.iter().find(|(from, _)| *from == from_version));
+        if let Some((_, counter)) = counter {
+            counter.increment(1);
+        }
+    }
+
+    pub fn sink_duration(&self, elapsed: Duration) {
+        self.sink_duration.record(elapsed.as_secs_f64());
+    }
+
+    pub fn end_to_end(&self, seconds: f64) {
+        self.end_to_end.record(seconds.max(0.0));
+    }
 }
 
 /// Exports each sink's dead-letter counters (every reason) and histograms
@@ -131,25 +268,6 @@ pub fn register_sinks<'a>(sinks: impl IntoIterator<Item = &'a String>) {
         let _ = histogram!(SINK_DURATION_SECONDS, "sink" => sink.clone());
         let _ = histogram!(END_TO_END_SECONDS, "sink" => sink.clone());
     }
-}
-
-pub fn validation_failure(source: &str, reason: DeadLetterReason) {
-    counter!(VALIDATION_FAILURES_TOTAL, "source" => source.to_owned(), "reason" => reason.as_str())
-        .increment(1);
-}
-
-pub fn upcast(event_type: &str, from_version: u32, to_version: u32) {
-    counter!(UPCASTS_TOTAL, "event_type" => event_type.to_owned(),
-        "from_version" => from_version.to_string(), "to_version" => to_version.to_string())
-    .increment(1);
-}
-
-pub fn sink_duration(sink: &str, elapsed: Duration) {
-    histogram!(SINK_DURATION_SECONDS, "sink" => sink.to_owned()).record(elapsed.as_secs_f64());
-}
-
-pub fn end_to_end(sink: &str, seconds: f64) {
-    histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()).record(seconds.max(0.0));
 }
 
 /// Events in one batch written by a batching sink (PostgreSQL).

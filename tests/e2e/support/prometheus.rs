@@ -214,12 +214,13 @@ impl Drop for Prometheus {
     }
 }
 
-/// The value of the sample `name{labels}` in a Prometheus text page; the
-/// labels given must match, others are ignored.
+/// The sum of the samples `name{labels}` in a Prometheus text page (the
+/// labels given must match, others are ignored), as PromQL's `sum` would.
 pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    page.lines()
+    let values: Vec<f64> = page
+        .lines()
         .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
+        .filter_map(|line| {
             let (series, value) = line.rsplit_once(' ')?;
             let (series_name, series_labels) = match series.split_once('{') {
                 Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
@@ -233,9 +234,11 @@ pub fn metric_value(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
                 })
                 .collect();
             (series_name == name && labels.iter().all(|wanted| present.contains(wanted)))
-                .then(|| value.parse().ok())
+                .then(|| value.parse::<f64>().ok())
                 .flatten()
         })
+        .collect();
+    (!values.is_empty()).then(|| values.iter().sum())
 }
 
 /// GET `url`: status code and body.
