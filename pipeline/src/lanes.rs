@@ -188,6 +188,20 @@ impl<T> Lanes<T> {
             .chain(self.unkeyed.iter())
     }
 
+    /// Takes every event admitted but not started, in no particular order
+    /// (to be handed back); events in flight still report their completion.
+    pub fn drain_waiting(&mut self) -> Vec<T> {
+        let mut drained: Vec<T> = self.unkeyed.drain(..).collect();
+        self.ready.clear();
+        self.keys.retain(|_, state| {
+            drained.extend(state.queue.drain(..).map(|(_, item)| item));
+            state.awaiting = None;
+            state.listed = false;
+            state.in_flight.is_some()
+        });
+        drained
+    }
+
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }
@@ -256,6 +270,27 @@ mod tests {
         let next: Vec<_> =
             std::iter::from_fn(|| lanes.next_ready().map(|(_, _, i, d)| (i, d))).collect();
         assert_eq!(next, [(9, Dispatch::Park)]);
+    }
+
+    #[test]
+    fn drained_events_leave_only_what_is_in_flight() {
+        let mut lanes = Lanes::new(8);
+        lanes.admit(Some("a"), 1, 1);
+        lanes.admit(Some("a"), 2, 2);
+        lanes.admit(Some("b"), 3, 3);
+        lanes.admit(None, 0, 4);
+        assert_eq!(lanes.next_ready().map(|(_, _, item, _)| item), Some(4));
+        assert_eq!(lanes.next_ready().map(|(_, _, item, _)| item), Some(1));
+        let mut drained = lanes.drain_waiting();
+        drained.sort();
+        assert_eq!(drained, [2, 3]);
+        assert!(lanes.next_ready().is_none());
+        lanes.complete(Some("a"), 1, Completion::Done);
+        lanes.complete(None, 0, Completion::Done);
+        assert!(lanes.is_idle());
+        // A later admission starts as on a fresh scheduler.
+        lanes.admit(Some("a"), 5, 5);
+        assert_eq!(drain(&mut lanes), [(Some("a".into()), 5)]);
     }
 
     #[test]

@@ -116,7 +116,9 @@ impl Settler<'_> {
 
     async fn carry_out(&self, delivery: &Delivery, outcome: &Outcome) -> Completion {
         let result = match outcome {
-            Outcome::Applied | Outcome::Skipped => delivery.acknowledge(self.client, AckKind::Ack).await,
+            Outcome::Applied | Outcome::Skipped => {
+                delivery.acknowledge(self.client, AckKind::Ack).await
+            }
             Outcome::Retry { after } => {
                 tracing::debug!(
                     sink = self.sink,
@@ -125,7 +127,9 @@ impl Settler<'_> {
                     delay = ?after,
                     "Event will be retried"
                 );
-                let nak = delivery.acknowledge(self.client, AckKind::Nak(Some(*after))).await;
+                let nak = delivery
+                    .acknowledge(self.client, AckKind::Nak(Some(*after)))
+                    .await;
                 log_ack_failure(self.sink, delivery, nak);
                 return Completion::Retrying;
             }

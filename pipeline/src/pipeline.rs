@@ -79,17 +79,26 @@ struct Recovery {
 }
 
 impl Recovery {
-    /// `None` when nothing was left unacked, or when order does not matter.
-    fn after_bind(
-        info: &async_nats::jetstream::consumer::Info,
+    /// Taken when this replica becomes the consumer's active one (at start,
+    /// or when it takes over from another): every delivery still pending
+    /// then, whoever received it, must be in hand before anything is
+    /// applied. `None` when nothing is pending or order does not matter.
+    fn at_takeover(
+        info: Option<&async_nats::jetstream::consumer::Info>,
         settings: &ConsumerSettings,
     ) -> Option<Self> {
-        if info.num_ack_pending == 0 || settings.ordering == Ordering::None {
+        if settings.ordering == Ordering::None {
             return None;
         }
+        // Without the consumer's state, wait out the whole window.
+        let (horizon, orphans) = match info {
+            Some(info) if info.num_ack_pending == 0 => return None,
+            Some(info) => (info.delivered.stream_sequence, info.num_ack_pending),
+            None => (u64::MAX, usize::MAX),
+        };
         Some(Self {
-            horizon: info.delivered.stream_sequence,
-            orphans: info.num_ack_pending,
+            horizon,
+            orphans,
             returned: HashSet::new(),
             held: Vec::new(),
             deadline: tokio::time::Instant::now() + settings.recovery_window(),
@@ -122,20 +131,17 @@ impl<S: Sink> Pipeline<S> {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let consumer = source::bind(&jetstream, &self.spec, &self.settings).await?;
-        let mut recovery = Recovery::after_bind(consumer.cached_info(), &self.settings);
-        if let Some(recovery) = &recovery {
-            tracing::info!(
-                consumer = %self.spec.durable_name,
-                unacked = recovery.orphans,
-                "Waiting for deliveries left unacked by a previous run before applying new events"
-            );
-        }
+        let mut recovery: Option<Recovery> = None;
+        // Standby until the server delivers to this replica: then it holds
+        // the consumer's pin, and the others stand by.
+        let mut active: Option<Active> = None;
         readiness.consumer_bound();
+        self.metrics.active(false);
         tracing::info!(
             source = %self.spec.source,
             sink = %self.spec.sink,
             consumer = %self.spec.durable_name,
-            "Consumer bound"
+            "Consumer bound; active once the server delivers to this replica"
         );
         let stream_name: Arc<str> = Arc::from(self.spec.stream.as_str());
         let mut lanes: Lanes<Work> = Lanes::new(self.settings.concurrency);
@@ -184,11 +190,28 @@ impl<S: Sink> Pipeline<S> {
                 }
                 message = stream.next() => match message {
                     Some(Ok(message)) => {
+                        if active.is_none() {
+                            let info = consumer.get_info().await.ok();
+                            recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
+                            active = Some(Active { pin_id: None });
+                            self.metrics.active(true);
+                            tracing::info!(
+                                consumer = %self.spec.durable_name,
+                                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                                "Consumer active on this replica"
+                            );
+                        }
+                        if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
+                            active.note_pin(pin);
+                        }
                         self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
                         // What the client already holds is admitted at once.
                         for _ in 1..ADMIT_BATCH {
                             match stream.next().now_or_never() {
                                 Some(Some(Ok(message))) => {
+                                    if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
+                                        active.note_pin(pin);
+                                    }
                                     self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
                                 }
                                 Some(Some(Err(error))) => {
@@ -210,6 +233,21 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
+                    if let Some(pin_id) = active.as_ref().and_then(|a| a.pin_id.as_deref())
+                        && self.pin_moved(&consumer, pin_id).await
+                    {
+                        // Another replica holds the consumer now: stop
+                        // applying and hand back what has not started, so
+                        // the new owner's recovery gets it.
+                        tracing::warn!(consumer = %self.spec.durable_name, "Consumer taken over by another replica; standing by");
+                        let held = recovery.take().map(Recovery::release).unwrap_or_default();
+                        for delivery in lanes.drain_waiting().iter().map(Work::delivery).chain(&held) {
+                            outcome::release(&self.client, delivery).await;
+                        }
+                        active = None;
+                        self.metrics.active(false);
+                        continue;
+                    }
                     for work in lanes.waiting() {
                         outcome::progress(&self.client, work.delivery()).await;
                     }
@@ -244,8 +282,33 @@ impl<S: Sink> Pipeline<S> {
         {
             outcome::release(&self.client, delivery).await;
         }
+        if active.is_some() {
+            // A standby may take over now rather than after `takeover_after`.
+            if let Ok(stream) = jetstream.get_stream(&self.spec.stream).await {
+                let _ = stream
+                    .unpin_consumer(&self.spec.durable_name, source::PRIORITY_GROUP)
+                    .await;
+            }
+        }
         tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
         Ok(())
+    }
+
+    /// Whether the server has pinned another client than `pin_id` (a lost
+    /// lookup says no: the next tick asks again).
+    async fn pin_moved(&self, consumer: &source::Consumer, pin_id: &str) -> bool {
+        let Ok(info) = consumer.get_info().await else {
+            return false;
+        };
+        info.priority_groups
+            .iter()
+            .filter(|group| group.group == source::PRIORITY_GROUP)
+            .any(|group| {
+                group
+                    .pinned_client_id
+                    .as_deref()
+                    .is_some_and(|pinned| pinned != pin_id)
+            })
     }
 
     /// Turns a message into a delivery and admits it, or holds it while
@@ -461,6 +524,29 @@ impl<S: Sink> Pipeline<S> {
     fn progress_interval(&self) -> Duration {
         (self.settings.ack_wait / 3).max(Duration::from_millis(100))
     }
+}
+
+/// This replica holds the consumer's pin.
+struct Active {
+    /// The pin, as the server stamps it on each message delivered.
+    pin_id: Option<String>,
+}
+
+impl Active {
+    fn note_pin(&mut self, pin: &str) {
+        if self.pin_id.as_deref() != Some(pin) {
+            self.pin_id = Some(pin.to_owned());
+        }
+    }
+}
+
+/// The `Nats-Pin-Id` the server stamped on a message.
+fn pin_of(message: &async_nats::jetstream::Message) -> Option<&str> {
+    message
+        .headers
+        .as_ref()?
+        .get_last(async_nats::header::NATS_PIN_ID)
+        .map(|value| value.as_str())
 }
 
 /// One event being applied and settled; yields what the lanes need back.

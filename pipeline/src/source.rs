@@ -4,13 +4,13 @@
 //!
 //! Only `outcome.rs` acks: the ack methods here are crate-private for it.
 
-use std::{sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use async_nats::{
     HeaderMap,
     jetstream::{
         self, AckKind,
-        consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
+        consumer::{AckPolicy, DeliverPolicy, PriorityPolicy, PullConsumer, pull},
     },
 };
 use bytes::Bytes;
@@ -113,6 +113,12 @@ impl Delivery {
     }
 }
 
+/// A bound durable consumer.
+pub type Consumer = PullConsumer;
+
+/// The priority group every Jetline replica pulls in.
+pub const PRIORITY_GROUP: &str = "jetline";
+
 /// Creates the durable consumer, or updates it when the config changed in a
 /// way JetStream allows (otherwise the server's refusal is the error).
 pub async fn bind(
@@ -147,6 +153,12 @@ pub async fn bind(
         max_deliver: -1,
         filter_subject,
         filter_subjects,
+        // The fence between replicas: the server delivers to one pinned
+        // client per group, and moves the pin to a standby only once the
+        // pinned one has not pulled for `takeover_after`.
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec![PRIORITY_GROUP.to_owned()],
+        priority_timeout: settings.takeover_after,
         ..Default::default()
     };
     stream
@@ -171,8 +183,9 @@ pub async fn messages(
     consumer
         .stream()
         .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
+        .group(PRIORITY_GROUP)
+        .heartbeat(settings.pull_expiry() / 2)
+        .expires(settings.pull_expiry())
         .messages()
         .await
         .map_err(|err| SourceError::Messages {

@@ -14,4 +14,5 @@ mod observability;
 mod packaging;
 mod postgres;
 mod projections;
+mod replicas;
 mod upcast;

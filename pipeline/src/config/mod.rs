@@ -123,9 +123,18 @@ pub struct ConsumerSettings {
     pub concurrency: usize,
     pub retry: RetryPolicy,
     pub on_dead_letter: OnDeadLetter,
+    /// The priority group's pin timeout: how long the active replica may go
+    /// without pulling before a standby takes the consumer over.
+    pub takeover_after: Duration,
 }
 
 impl ConsumerSettings {
+    /// How long one pull request waits on the server: well inside
+    /// `takeover_after`, so an idle active replica keeps its pin.
+    pub fn pull_expiry(&self) -> Duration {
+        (self.takeover_after / 3).clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
     /// How long after start-up every delivery left unacked by a previous
     /// process has come back: its ack timer, or its nak delay, has expired.
     pub fn recovery_window(&self) -> Duration {

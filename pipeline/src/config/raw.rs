@@ -217,6 +217,10 @@ pub struct ConsumerOverrides {
     pub retry: Option<RetryConfig>,
     /// After an event is dead-lettered: `continue` (default) or `park_key`.
     pub on_dead_letter: Option<OnDeadLetter>,
+    /// How long a replica holding a consumer may go without pulling before
+    /// a standby replica takes it over (default 15s).
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub takeover_after: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -255,6 +259,7 @@ pub const SINK_COMMON_KEYS: &[&str] = &[
     "concurrency",
     "retry",
     "on_dead_letter",
+    "takeover_after",
 ];
 
 /// Publishes each event to a JetStream subject.

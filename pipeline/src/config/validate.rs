@@ -20,6 +20,7 @@ const DEFAULT_MAX_ACK_PENDING: i64 = 1000;
 const DEFAULT_CONCURRENCY: usize = 32;
 const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 const DEFAULT_JITTER: f64 = 0.2;
+const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(15);
 
 fn default_backoff() -> Vec<Duration> {
     [200, 1_000, 5_000, 30_000]
@@ -289,6 +290,17 @@ fn check_overrides(errors: &mut Vec<ConfigError>, path: &str, overrides: &Consum
             "must be at least 1s",
         ));
     }
+    if overrides
+        .takeover_after
+        .is_some_and(|after| after < Duration::from_secs(3))
+    {
+        // Pulls are renewed every third of it; below 3s a busy replica
+        // could lose its consumer between two pulls.
+        errors.push(ConfigError::new(
+            format!("{path}.takeover_after"),
+            "must be at least 3s",
+        ));
+    }
     if overrides.max_ack_pending.is_some_and(|max| max < 1) {
         errors.push(ConfigError::new(
             format!("{path}.max_ack_pending"),
@@ -368,6 +380,10 @@ fn merge(
             .on_dead_letter
             .or(defaults.on_dead_letter)
             .unwrap_or_default(),
+        takeover_after: sink
+            .takeover_after
+            .or(defaults.takeover_after)
+            .unwrap_or(DEFAULT_TAKEOVER_AFTER),
     }
 }
 

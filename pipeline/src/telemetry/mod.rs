@@ -40,6 +40,7 @@ pub const NATS_CONNECTED: &str = "jetline_nats_connected";
 pub const BUILD_INFO: &str = "jetline_build_info";
 pub const SINK_BATCH_EVENTS: &str = "jetline_sink_batch_events";
 pub const SINK_CONFLICTS_TOTAL: &str = "jetline_sink_conflicts_total";
+pub const CONSUMER_ACTIVE: &str = "jetline_consumer_active";
 
 /// Histogram buckets of batch sizes, 1 to 10 000 events.
 const BATCH_BUCKETS: &[f64] = &[
@@ -102,6 +103,10 @@ fn describe() {
         "Age of the oldest event the consumer's sink has not applied (0 when caught up)"
     );
     describe_gauge!(NATS_CONNECTED, "1 while connected to NATS, 0 otherwise");
+    describe_gauge!(
+        CONSUMER_ACTIVE,
+        "1 while this replica holds the consumer (the server delivers to it), 0 on standby"
+    );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label");
     describe_histogram!(
         SINK_BATCH_EVENTS,
@@ -155,6 +160,7 @@ pub struct ConsumerMetrics {
     validation_failures: Vec<(DeadLetterReason, Counter)>,
     sink_duration: Histogram,
     end_to_end: Histogram,
+    active: metrics::Gauge,
 }
 
 impl ConsumerMetrics {
@@ -211,6 +217,7 @@ impl ConsumerMetrics {
                 .collect(),
             sink_duration: histogram!(SINK_DURATION_SECONDS, "sink" => sink.to_owned()),
             end_to_end: histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()),
+            active: gauge!(CONSUMER_ACTIVE, "source" => source.to_owned(), "sink" => sink.to_owned()),
         }
     }
 
@@ -249,6 +256,11 @@ impl ConsumerMetrics {
 
     pub fn sink_duration(&self, elapsed: Duration) {
         self.sink_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// Whether this replica is the consumer's active one.
+    pub fn active(&self, active: bool) {
+        self.active.set(if active { 1.0 } else { 0.0 });
     }
 
     pub fn end_to_end(&self, seconds: f64) {
