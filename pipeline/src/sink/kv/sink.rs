@@ -2,13 +2,19 @@
 //! rule, and writes it back with compare-and-set on that revision; a
 //! conflicting writer makes it read and try again.
 //!
+//! The documents it wrote last are kept in memory with their revisions, so
+//! an aggregate's next event costs one round trip (the compare-and-set), not
+//! two. The cache is only a guess: a revision that moved under it (another
+//! writer, another replica) fails the compare-and-set and the key is read
+//! again.
+//!
 //! **Invariant:** the written document records the event's source sequence,
 //! and an event whose sequence is not above the recorded one is skipped: a
 //! redelivery never applies twice. A delete writes a KV delete marker whose
 //! body keeps that record, so a late redelivery cannot bring a deleted
 //! document back.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Mutex};
 
 use async_nats::{
     HeaderMap,
@@ -34,12 +40,20 @@ use crate::{
 /// transient error (the event is then retried with backoff).
 const MAX_CAS_ATTEMPTS: usize = 16;
 
+/// Documents kept in memory, at most; past it the cache starts over (a miss
+/// costs one read).
+const CACHED_DOCUMENTS: usize = 16_384;
+
+/// A document as this sink last wrote it, with the revision of that write.
+type Cached = (Map<String, Value>, u64);
+
 pub struct KvSink {
     name: String,
     jetstream: jetstream::Context,
     store: kv::Store,
     key: Template,
     rules: HashMap<String, Rule>,
+    written: Mutex<HashMap<String, Cached>>,
 }
 
 impl KvSink {
@@ -78,7 +92,23 @@ impl KvSink {
             store,
             key,
             rules,
+            written: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The document and revision this sink wrote last for `key`, taken out
+    /// of the cache (one event per key is applied at a time).
+    fn take_cached(&self, key: &str) -> Option<Cached> {
+        self.written.lock().ok()?.remove(key)
+    }
+
+    fn cache(&self, key: String, document: Map<String, Value>, revision: u64) {
+        if let Ok(mut written) = self.written.lock() {
+            if written.len() >= CACHED_DOCUMENTS {
+                written.clear();
+            }
+            written.insert(key, (document, revision));
+        }
     }
 
     /// The key's document and revision (0 when the key never existed). A
@@ -110,19 +140,19 @@ impl KvSink {
         Ok((document, entry.revision))
     }
 
-    /// Writes `document` if the key is still at `revision`; `Ok(false)` when
-    /// another writer got there first.
+    /// Writes `document` if the key is still at `revision`: the new
+    /// revision, or `None` when another writer got there first.
     async fn put(
         &self,
         key: &str,
         document: &Map<String, Value>,
         revision: u64,
-    ) -> Result<bool, SinkError> {
+    ) -> Result<Option<u64>, SinkError> {
         let body = serde_json::to_vec(document).unwrap_or_default();
         match self.store.update(key, body.into(), revision).await {
-            Ok(_) => Ok(true),
+            Ok(revision) => Ok(Some(revision)),
             Err(err) => match err.kind() {
-                UpdateErrorKind::WrongLastRevision => Ok(false),
+                UpdateErrorKind::WrongLastRevision => Ok(None),
                 UpdateErrorKind::InvalidKey => Err(invalid_key(key)),
                 UpdateErrorKind::TimedOut => Err(SinkError::Timeout(format!("writing key {key}"))),
                 UpdateErrorKind::Other => Err(SinkError::KeyValue(err.to_string())),
@@ -131,13 +161,14 @@ impl KvSink {
     }
 
     /// Writes a delete marker carrying `record` if the key is still at
-    /// `revision`; `Ok(false)` when another writer got there first.
+    /// `revision`: the marker's revision, or `None` when another writer got
+    /// there first.
     async fn delete(
         &self,
         key: &str,
         record: &Map<String, Value>,
         revision: u64,
-    ) -> Result<bool, SinkError> {
+    ) -> Result<Option<u64>, SinkError> {
         // The client's delete cannot carry a body: publish the marker as it
         // would, with the record as body.
         let subject = format!(
@@ -170,9 +201,9 @@ impl KvSink {
             Err(err) => Err(err),
         };
         match ack {
-            Ok(_) => Ok(true),
+            Ok(ack) => Ok(Some(ack.sequence)),
             Err(err) => match publish_error(err.kind(), err.to_string()) {
-                None => Ok(false),
+                None => Ok(None),
                 Some(error) => Err(error),
             },
         }
@@ -199,11 +230,16 @@ impl Sink for KvSink {
                 source,
             })?;
         let position = Position::of(event);
+        let mut cached = self.take_cached(&key);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut document, revision) = self.read(&key).await?;
+            let (mut document, revision) = match cached.take() {
+                Some(cached) => cached,
+                None => self.read(&key).await?,
+            };
             if document::last_applied(&document, &self.name, position.stream)
                 .is_some_and(|last| last >= position.seq)
             {
+                self.cache(key, document, revision);
                 return Ok(Applied::Skipped);
             }
             let written = match rule {
@@ -215,7 +251,8 @@ impl Sink for KvSink {
                         position.stream,
                         position.seq,
                     );
-                    self.delete(&key, &record, revision).await?
+                    let written = self.delete(&key, &record, revision).await?;
+                    written.map(|revision| (record, revision))
                 }
                 Rule::Update(operations) => {
                     document::apply(operations, &mut document, &event.envelope, position).map_err(
@@ -233,10 +270,12 @@ impl Sink for KvSink {
                         position.stream,
                         position.seq,
                     );
-                    self.put(&key, &document, revision).await?
+                    let written = self.put(&key, &document, revision).await?;
+                    written.map(|revision| (document, revision))
                 }
             };
-            if written {
+            if let Some((document, revision)) = written {
+                self.cache(key, document, revision);
                 return Ok(Applied::Written);
             }
             telemetry::sink_conflict(&self.name);
