@@ -310,36 +310,59 @@ pub fn peek(content_type: Option<&str>, body: &[u8]) -> Option<Peek> {
 }
 
 /// The path of the first field the schema does not know, depth first.
+/// Builds the path only once one is found: the walk over a valid message,
+/// the common case, allocates nothing.
 fn first_unknown_field(message: &DynamicMessage, path: &str) -> Option<String> {
+    let (segments, number) = unknown_field_in(message)?;
+    let mut found = path.to_owned();
+    for segment in segments.iter().rev() {
+        match segment {
+            Segment::Field(name) => {
+                if !found.is_empty() {
+                    found.push('.');
+                }
+                found.push_str(name);
+            }
+            Segment::Index(index) => found.push_str(&format!("[{index}]")),
+        }
+    }
+    found.push_str(&format!("#{number}"));
+    Some(found)
+}
+
+/// One step of the path to an unknown field.
+enum Segment {
+    Field(String),
+    Index(usize),
+}
+
+/// The steps (innermost first) and number of the first unknown field.
+fn unknown_field_in(message: &DynamicMessage) -> Option<(Vec<Segment>, u32)> {
     if let Some(field) = message.unknown_fields().next() {
-        return Some(format!("{path}#{}", field.number()));
+        return Some((Vec::new(), field.number()));
     }
     for (field, value) in message.fields() {
-        let here = if path.is_empty() {
-            field.name().to_owned()
-        } else {
-            format!("{path}.{}", field.name())
-        };
         let found = match value {
-            Value::Message(inner) => first_unknown_field(inner, &here),
-            Value::List(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(index, item)| match item {
-                    Value::Message(inner) => {
-                        first_unknown_field(inner, &format!("{here}[{index}]"))
-                    }
-                    _ => None,
-                }),
+            Value::Message(inner) => unknown_field_in(inner),
+            Value::List(items) => items.iter().enumerate().find_map(|(index, item)| {
+                let Value::Message(inner) = item else {
+                    return None;
+                };
+                let (mut segments, number) = unknown_field_in(inner)?;
+                segments.push(Segment::Index(index));
+                Some((segments, number))
+            }),
             Value::Map(entries) => entries.values().find_map(|item| match item {
-                Value::Message(inner) => first_unknown_field(inner, &here),
+                Value::Message(inner) => unknown_field_in(inner),
                 _ => None,
             }),
             _ => None,
         };
-        if found.is_some() {
-            return found;
-        }
+        let Some((mut segments, number)) = found else {
+            continue;
+        };
+        segments.push(Segment::Field(field.name().to_owned()));
+        return Some((segments, number));
     }
     None
 }
@@ -544,6 +567,27 @@ pub(crate) mod tests {
         assert!(matches!(error, DecodeError::UnknownField { .. }), "{error}");
         let lenient = Decoder::new(decoder.registry().clone(), UnknownFields::Allow);
         assert!(lenient.decode(None, &bytes).is_ok());
+    }
+
+    #[test]
+    fn an_unknown_field_is_found_after_known_nested_messages() {
+        let decoder = example_decoder();
+        let descriptor = decoder
+            .registry()
+            .resolve("orders.OrderShipped", 1)
+            .expect("schema")
+            .clone();
+        // A message field without unknown fields, then one unknown field.
+        let mut message = DynamicMessage::new(descriptor.clone());
+        for field in descriptor.fields() {
+            if let prost_reflect::Kind::Message(inner) = field.kind() {
+                message.set_field(&field, Value::Message(DynamicMessage::new(inner)));
+            }
+        }
+        let mut bytes = message.encode_to_vec();
+        bytes.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint 1
+        let decoded = DynamicMessage::decode(descriptor, bytes.as_slice()).expect("decodes");
+        assert_eq!(first_unknown_field(&decoded, ""), Some("#101".to_owned()));
     }
 
     proptest! {
