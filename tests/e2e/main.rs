@@ -3,7 +3,6 @@
 
 mod support;
 
-mod bench;
 mod check;
 mod core;
 mod delivery;
