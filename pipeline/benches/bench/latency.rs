@@ -4,7 +4,7 @@
 //! stream; a core NATS subscriber on the output subjects notes when each
 //! event arrives there. Latency is that arrival minus the instant of the
 //! publish, both on this process's monotonic clock; events are matched by
-//! the source sequence that both copy into `Jetline-Source-Seq`.
+//! their `Nats-Msg-Id` (the event id, `lat-<n>`), which both write.
 
 use std::{
     sync::Arc,
@@ -115,7 +115,7 @@ pub async fn measure(bench: &Bench, side: Side, rate: f64, seconds: f64) -> Late
 }
 
 /// Subscribes to the output subjects; resolves with the arrival of each
-/// event, by source sequence, once all `count` have arrived.
+/// event, by its number in the event id, once all `count` have arrived.
 async fn collect_arrivals(
     bench: &Bench,
     output: &str,
@@ -135,13 +135,13 @@ async fn collect_arrivals(
         while missing > 0 {
             let message = subscription.next().await.expect("subscription open");
             let now = Instant::now();
-            let seq: usize = message
+            let number: usize = message
                 .headers
                 .as_ref()
-                .and_then(|headers| headers.get("Jetline-Source-Seq"))
-                .and_then(|value| value.as_str().parse().ok())
-                .expect("Jetline-Source-Seq on every output message");
-            let slot = &mut arrived[seq - 1];
+                .and_then(|headers| headers.get("Nats-Msg-Id"))
+                .and_then(|id| id.as_str().rsplit('-').next()?.parse().ok())
+                .expect("Nats-Msg-Id lat-<n> on every output message");
+            let slot = &mut arrived[number];
             if slot.is_none() {
                 *slot = Some(now);
                 missing -= 1;

@@ -178,17 +178,14 @@ async fn ack(message: &Message) {
     message.ack_with(AckKind::Ack).await.expect("raw ack");
 }
 
-/// Republishes the bytes as they are, with `Nats-Msg-Id` and the source
-/// sequence (the latency measurement matches on it, as on Jetline's
-/// `Jetline-Source-Seq`); acks the source once the stream acked.
+/// Republishes the bytes as they are, with `Nats-Msg-Id`; acks the source
+/// once the stream acked.
 async fn republish(js: &jetstream::Context, prefix: &str, message: Message) {
     let aggregate = message.subject.rsplit('.').next().unwrap_or_default();
-    let seq = message.info().expect("a JetStream message").stream_sequence;
     let mut headers = HeaderMap::new();
     if let Some(id) = message.headers.as_ref().and_then(|h| h.get("Nats-Msg-Id")) {
         headers.insert("Nats-Msg-Id", id.as_str());
     }
-    headers.insert("Jetline-Source-Seq", seq.to_string().as_str());
     let published = js
         .publish_with_headers(
             format!("{prefix}.{aggregate}"),
