@@ -53,6 +53,20 @@ impl From<jetline::RunError> for Failure {
     }
 }
 
+/// Writes a command's output. A reader that went away (`| head`) is not an
+/// error of the command: `print!` would panic on the broken pipe.
+fn emit(output: &str) {
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    if let Err(error) = stdout
+        .write_all(output.as_bytes())
+        .and_then(|()| stdout.flush())
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write the output: {error}");
+    }
+}
+
 fn load(path: &std::path::Path) -> Result<jetline::Config, Failure> {
     jetline::config::load(path).map_err(|errors| Failure {
         code: 2,
@@ -62,7 +76,7 @@ fn load(path: &std::path::Path) -> Result<jetline::Config, Failure> {
 
 fn check(path: &std::path::Path) -> Result<(), Failure> {
     let prepared = jetline::prepare(load(path)?)?;
-    print!("{}", cli::check::summary(&prepared));
+    emit(&cli::check::summary(&prepared));
     Ok(())
 }
 
@@ -83,10 +97,10 @@ fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
         code: 1,
         message: err.to_string(),
     })?;
-    println!(
-        "{}",
+    emit(&format!(
+        "{}\n",
         serde_json::to_string_pretty(&output).unwrap_or_default()
-    );
+    ));
     Ok(())
 }
 
@@ -99,14 +113,14 @@ fn run(path: &std::path::Path) -> Result<(), Failure> {
 fn dlq(path: &std::path::Path, command: cli::dlq::DlqCommand) -> Result<(), Failure> {
     let config = load(path)?;
     let output = runtime()?.block_on(cli::dlq::run(config, command))?;
-    print!("{output}");
+    emit(&output);
     Ok(())
 }
 
 fn publish(path: &std::path::Path, args: cli::publish::PublishArgs) -> Result<(), Failure> {
     let config = load(path)?;
     let output = runtime()?.block_on(cli::publish::run(config, args))?;
-    print!("{output}");
+    emit(&output);
     Ok(())
 }
 
@@ -114,7 +128,7 @@ fn publish(path: &std::path::Path, args: cli::publish::PublishArgs) -> Result<()
 fn status(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
     let statuses = runtime()?.block_on(cli::status::read(&config))?;
-    print!("{}", cli::status::table(&statuses));
+    emit(&cli::status::table(&statuses));
     let unreadable = statuses.iter().filter(|status| status.lag.is_err()).count();
     if unreadable > 0 {
         return Err(Failure {

@@ -120,3 +120,25 @@ fn every_shipped_configuration_checks() {
     }
     assert!(checked >= 1);
 }
+
+/// A reader that goes away (`jetline check | head -0`) ends nothing badly:
+/// the command's own outcome stands, and it never panics.
+#[test]
+fn a_closed_output_pipe_is_not_a_panic() {
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(config_yaml("nats://127.0.0.1:1", GOOD_BODY).as_bytes())
+        .expect("written");
+    let mut child = Command::new(jetline_bin())
+        .args(["check", "--config"])
+        .arg(file.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("jetline check runs");
+    // Closed before the schemas are compiled, so the summary meets no reader.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("jetline check ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

@@ -161,6 +161,20 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
     Ok(output)
 }
 
+/// Widest cell of a listing: stored entries may hold any text (a 70,000
+/// character aggregate id), and a table is for reading.
+const MAX_CELL: usize = 64;
+const MAX_ERROR_CELL: usize = 80;
+
+/// `text` cut to at most `max` characters, marked with `...` when cut.
+fn cell(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let kept: String = text.chars().take(max.saturating_sub(3)).collect();
+    format!("{kept}...")
+}
+
 fn table(entries: &[Entry]) -> String {
     let mut rows = vec![
         [
@@ -176,15 +190,6 @@ fn table(entries: &[Entry]) -> String {
     ];
     for entry in entries {
         let peek = envelope::peek(entry.header("Content-Type"), &entry.body).unwrap_or_default();
-        let mut error = entry.error().to_owned();
-        if error.len() > 80 {
-            let mut cut = 77;
-            while !error.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            error.truncate(cut);
-            error.push_str("...");
-        }
         rows.push([
             entry.seq.to_string(),
             entry
@@ -193,11 +198,11 @@ fn table(entries: &[Entry]) -> String {
                 .unwrap_or(entry.stored_at)
                 .format(&Rfc3339)
                 .unwrap_or_default(),
-            entry.sink().to_owned(),
-            entry.reason().to_owned(),
-            peek.event_type,
-            peek.aggregate_id,
-            error,
+            cell(entry.sink(), MAX_CELL),
+            cell(entry.reason(), MAX_CELL),
+            cell(&peek.event_type, MAX_CELL),
+            cell(&peek.aggregate_id, MAX_CELL),
+            cell(entry.error(), MAX_ERROR_CELL),
         ]);
     }
     let widths: Vec<usize> = (0..7)
@@ -247,4 +252,40 @@ fn show(entry: &Entry, decoder: &Decoder) -> serde_json::Value {
         "headers": headers,
         "envelope": envelope,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::HeaderMap;
+    use time::OffsetDateTime;
+
+    use super::*;
+    use crate::dead_letter::header;
+
+    #[test]
+    fn a_listing_of_any_stored_text_fits_its_cells() {
+        let long = "a".repeat(70_000);
+        let mut headers = HeaderMap::new();
+        headers.insert(header::SINK, long.as_str());
+        headers.insert(header::REASON, "sink_rejected");
+        headers.insert(header::ERROR, "é".repeat(500).as_str());
+        headers.insert("Content-Type", "application/json");
+        let body = serde_json::json!({ "eventType": long, "aggregateId": long });
+        let entry = Entry {
+            seq: 1,
+            stored_at: OffsetDateTime::UNIX_EPOCH,
+            headers,
+            body: serde_json::to_vec(&body).unwrap_or_default().into(),
+        };
+        let listing = table(&[entry]);
+        let line = listing.lines().nth(1).unwrap_or_default();
+        assert!(
+            line.chars().count() < 6 * MAX_CELL + MAX_ERROR_CELL + 40,
+            "{line}"
+        );
+        assert!(
+            line.contains("sink_rejected") && line.contains("..."),
+            "{line}"
+        );
+    }
 }
