@@ -33,6 +33,7 @@ pub mod source;
 pub mod telemetry;
 pub mod template;
 pub mod upcast;
+pub mod wire_check;
 
 use std::sync::Arc;
 
