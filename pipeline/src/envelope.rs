@@ -8,9 +8,11 @@
 use std::{collections::HashMap, sync::LazyLock};
 
 use prost::Message as _;
-use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor, Value};
+use prost_reflect::{DescriptorPool, DeserializeOptions, DynamicMessage, MessageDescriptor};
 
-use crate::{config::UnknownFields, dead_letter::DeadLetterReason, schema::SchemaRegistry};
+use crate::{
+    config::UnknownFields, dead_letter::DeadLetterReason, schema::SchemaRegistry, wire_check,
+};
 
 /// The generated wire type of `schemas/jetline/v1/envelope.proto`.
 pub mod wire {
@@ -42,8 +44,19 @@ pub struct Envelope {
     pub causation_id: String,
     pub source: String,
     pub metadata: HashMap<String, String>,
-    /// The event, decoded against its schema at `schema_version`.
+    /// The event, decoded against its schema at `schema_version`; left
+    /// empty (but validated) when decoded for a sink that passes the
+    /// source's bytes on ([`PayloadNeed::Valid`]).
     pub payload: DynamicMessage,
+}
+
+/// What a consumer needs of an event's payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadNeed {
+    /// Its fields: for upcasting, value paths, or encoding it anew.
+    Message,
+    /// Only that it is valid: the sink writes the source's bytes as they are.
+    Valid,
 }
 
 /// The two encodings on the wire.
@@ -168,10 +181,52 @@ impl Decoder {
         }
     }
 
+    /// As [`Decoder::decode`], building the payload only when `need`, asked
+    /// with the event's type and version, says so. A binary payload that is
+    /// only checked is validated on the wire, which accepts exactly what
+    /// decoding would (`wire_check`), without building a message.
+    pub fn decode_for(
+        &self,
+        content_type: Option<&str>,
+        body: &[u8],
+        need: impl Fn(&str, u32) -> PayloadNeed,
+    ) -> Result<Envelope, DecodeError> {
+        match Encoding::from_content_type(content_type)? {
+            Encoding::Protobuf => self.decode_protobuf_for(body, need),
+            Encoding::Json => self.decode_json(body),
+        }
+    }
+
     fn decode_protobuf(&self, body: &[u8]) -> Result<Envelope, DecodeError> {
+        self.decode_protobuf_for(body, |_, _| PayloadNeed::Message)
+    }
+
+    fn decode_protobuf_for(
+        &self,
+        body: &[u8],
+        need: impl Fn(&str, u32) -> PayloadNeed,
+    ) -> Result<Envelope, DecodeError> {
         let wire =
             wire::Envelope::decode(body).map_err(|err| DecodeError::Protobuf(err.to_string()))?;
         let descriptor = self.payload_descriptor(&wire)?;
+        if need(&wire.event_type, wire.schema_version) == PayloadNeed::Valid {
+            let invalid = |error: wire_check::WireError| match error {
+                wire_check::WireError::UnknownField { path } => DecodeError::UnknownField {
+                    event_type: wire.event_type.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    path,
+                },
+                other => DecodeError::InvalidPayload {
+                    event_type: wire.event_type.clone(),
+                    message: descriptor.full_name().to_owned(),
+                    detail: other.to_string(),
+                },
+            };
+            wire_check::validate(descriptor, &wire.payload, self.unknown_fields)
+                .map_err(invalid)?;
+            let empty = DynamicMessage::new(descriptor.clone());
+            return Ok(Envelope::from_wire(wire, empty));
+        }
         let payload =
             DynamicMessage::decode(descriptor.clone(), wire.payload.as_slice()).map_err(|err| {
                 DecodeError::InvalidPayload {
@@ -181,7 +236,7 @@ impl Decoder {
                 }
             })?;
         if self.unknown_fields == UnknownFields::Reject
-            && let Some(path) = first_unknown_field(&payload, "")
+            && let Some(path) = crate::wire_check::unknown_field_path(&payload)
         {
             return Err(DecodeError::UnknownField {
                 event_type: wire.event_type.clone(),
@@ -309,64 +364,6 @@ pub fn peek(content_type: Option<&str>, body: &[u8]) -> Option<Peek> {
     }
 }
 
-/// The path of the first field the schema does not know, depth first.
-/// Builds the path only once one is found: the walk over a valid message,
-/// the common case, allocates nothing.
-fn first_unknown_field(message: &DynamicMessage, path: &str) -> Option<String> {
-    let (segments, number) = unknown_field_in(message)?;
-    let mut found = path.to_owned();
-    for segment in segments.iter().rev() {
-        match segment {
-            Segment::Field(name) => {
-                if !found.is_empty() {
-                    found.push('.');
-                }
-                found.push_str(name);
-            }
-            Segment::Index(index) => found.push_str(&format!("[{index}]")),
-        }
-    }
-    found.push_str(&format!("#{number}"));
-    Some(found)
-}
-
-/// One step of the path to an unknown field.
-enum Segment {
-    Field(String),
-    Index(usize),
-}
-
-/// The steps (innermost first) and number of the first unknown field.
-fn unknown_field_in(message: &DynamicMessage) -> Option<(Vec<Segment>, u32)> {
-    if let Some(field) = message.unknown_fields().next() {
-        return Some((Vec::new(), field.number()));
-    }
-    for (field, value) in message.fields() {
-        let found = match value {
-            Value::Message(inner) => unknown_field_in(inner),
-            Value::List(items) => items.iter().enumerate().find_map(|(index, item)| {
-                let Value::Message(inner) = item else {
-                    return None;
-                };
-                let (mut segments, number) = unknown_field_in(inner)?;
-                segments.push(Segment::Index(index));
-                Some((segments, number))
-            }),
-            Value::Map(entries) => entries.values().find_map(|item| match item {
-                Value::Message(inner) => unknown_field_in(inner),
-                _ => None,
-            }),
-            _ => None,
-        };
-        let Some((mut segments, number)) = found else {
-            continue;
-        };
-        segments.push(Segment::Field(field.name().to_owned()));
-        return Some((segments, number));
-    }
-    None
-}
-
 impl Envelope {
     fn from_wire(wire: wire::Envelope, payload: DynamicMessage) -> Self {
         Self {
@@ -435,6 +432,7 @@ pub(crate) mod tests {
     use std::path::PathBuf;
 
     use proptest::prelude::*;
+    use prost_reflect::Value;
 
     use super::*;
     use crate::config::raw::SchemasConfig;
@@ -570,6 +568,40 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn decoding_for_a_pass_through_accepts_and_refuses_what_a_full_decode_does() {
+        let decoder = example_decoder();
+        let valid = |_: &str, _: u32| PayloadNeed::Valid;
+        let json = serde_json::to_vec(&created_v2_json()).expect("json");
+        let envelope = decoder
+            .decode(Some("application/json"), &json)
+            .expect("valid");
+        let good = envelope.encode_protobuf();
+        let checked = decoder
+            .decode_for(None, &good, valid)
+            .expect("valid on the wire");
+        assert_eq!(checked.event_id, envelope.event_id);
+        assert_eq!(checked.aggregate_id, envelope.aggregate_id);
+        assert_eq!(checked.schema_version, 2);
+        let mut unknown = envelope.payload.encode_to_vec();
+        unknown.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint 1
+        let mut truncated = envelope.payload.encode_to_vec();
+        truncated.truncate(truncated.len() - 1);
+        for payload in [unknown, truncated, vec![0xff, 0xff]] {
+            let bytes = envelope.to_wire(payload).encode_to_vec();
+            let full = decoder.decode(None, &bytes).expect_err("invalid");
+            let wire = decoder
+                .decode_for(None, &bytes, valid)
+                .expect_err("invalid");
+            assert_eq!(
+                std::mem::discriminant(&full),
+                std::mem::discriminant(&wire),
+                "{full} / {wire}"
+            );
+            assert_eq!(full.reason(), wire.reason());
+        }
+    }
+
+    #[test]
     fn an_unknown_field_is_found_after_known_nested_messages() {
         let decoder = example_decoder();
         let descriptor = decoder
@@ -587,7 +619,10 @@ pub(crate) mod tests {
         let mut bytes = message.encode_to_vec();
         bytes.extend_from_slice(&[0xa8, 0x06, 0x01]); // field 101, varint 1
         let decoded = DynamicMessage::decode(descriptor, bytes.as_slice()).expect("decodes");
-        assert_eq!(first_unknown_field(&decoded, ""), Some("#101".to_owned()));
+        assert_eq!(
+            crate::wire_check::unknown_field_path(&decoded),
+            Some("#101".to_owned())
+        );
     }
 
     proptest! {

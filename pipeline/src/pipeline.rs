@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     config::{ConsumerSettings, OnDeadLetter, Ordering, PipelineSpec},
     dead_letter::{self, DeadLetterReason, DeadLetters},
-    envelope::{self, DecodeError, Decoder, Encoding},
+    envelope::{self, DecodeError, Decoder, Encoding, PayloadNeed},
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
     route::Router,
@@ -356,7 +356,25 @@ impl<S: Sink> Pipeline<S> {
             self.skip(&delivery, &event_type).await;
             return;
         }
-        match self.decoder.decode(delivery.content_type(), &delivery.body) {
+        // A sink that writes the source's bytes needs the payload of an
+        // event at its target version only validated, not decoded.
+        let passes_through = Encoding::from_content_type(delivery.content_type())
+            .is_ok_and(|encoding| self.sink.passes_through(encoding));
+        let need = |event_type: &str, version: u32| {
+            let at_target = self
+                .upcasters
+                .target_version(event_type, self.schema_version)
+                .is_ok_and(|target| target == version);
+            if passes_through && at_target {
+                PayloadNeed::Valid
+            } else {
+                PayloadNeed::Message
+            }
+        };
+        match self
+            .decoder
+            .decode_for(delivery.content_type(), &delivery.body, need)
+        {
             Ok(envelope) => {
                 if !self.router.wants(&delivery.subject, &envelope.event_type) {
                     self.skip(&delivery, &envelope.event_type).await;

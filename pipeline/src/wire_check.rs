@@ -161,41 +161,59 @@ pub fn validate(
 /// The path of the first field the schema does not know, depth first: the
 /// message's own unknown fields (lowest number), then its fields by number,
 /// list items in order, map values. The same walk as the decoder's, so the
-/// dead-letter reason names the same field.
+/// dead-letter reason names the same field. The path is built only once a
+/// field is found: the walk over a valid message allocates nothing.
 pub fn unknown_field_path(message: &DynamicMessage) -> Option<String> {
-    first_unknown_field(message, "")
+    let (segments, number) = unknown_field_in(message)?;
+    let mut found = String::new();
+    for segment in segments.iter().rev() {
+        match segment {
+            Segment::Field(name) => {
+                if !found.is_empty() {
+                    found.push('.');
+                }
+                found.push_str(name);
+            }
+            Segment::Index(index) => found.push_str(&format!("[{index}]")),
+        }
+    }
+    found.push_str(&format!("#{number}"));
+    Some(found)
 }
 
-fn first_unknown_field(message: &DynamicMessage, path: &str) -> Option<String> {
+/// One step of the path to an unknown field.
+enum Segment {
+    Field(String),
+    Index(usize),
+}
+
+/// The steps (innermost first) and number of the first unknown field.
+fn unknown_field_in(message: &DynamicMessage) -> Option<(Vec<Segment>, u32)> {
     if let Some(field) = message.unknown_fields().next() {
-        return Some(format!("{path}#{}", field.number()));
+        return Some((Vec::new(), field.number()));
     }
     for (field, value) in message.fields() {
-        let here = if path.is_empty() {
-            field.name().to_owned()
-        } else {
-            format!("{path}.{}", field.name())
-        };
         let found = match value {
-            Value::Message(inner) => first_unknown_field(inner, &here),
-            Value::List(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(index, item)| match item {
-                    Value::Message(inner) => {
-                        first_unknown_field(inner, &format!("{here}[{index}]"))
-                    }
-                    _ => None,
-                }),
+            Value::Message(inner) => unknown_field_in(inner),
+            Value::List(items) => items.iter().enumerate().find_map(|(index, item)| {
+                let Value::Message(inner) = item else {
+                    return None;
+                };
+                let (mut segments, number) = unknown_field_in(inner)?;
+                segments.push(Segment::Index(index));
+                Some((segments, number))
+            }),
             Value::Map(entries) => entries.values().find_map(|item| match item {
-                Value::Message(inner) => first_unknown_field(inner, &here),
+                Value::Message(inner) => unknown_field_in(inner),
                 _ => None,
             }),
             _ => None,
         };
-        if found.is_some() {
-            return found;
-        }
+        let Some((mut segments, number)) = found else {
+            continue;
+        };
+        segments.push(Segment::Field(field.name().to_owned()));
+        return Some((segments, number));
     }
     None
 }

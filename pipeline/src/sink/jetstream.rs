@@ -102,6 +102,10 @@ impl JetStreamSink {
 }
 
 impl Sink for JetStreamSink {
+    fn passes_through(&self, encoding: Encoding) -> bool {
+        encoding == self.encoding
+    }
+
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
         let subject = self
             .subject

@@ -57,6 +57,13 @@ pub enum Applied {
 pub trait Sink: Send + Sync + 'static {
     /// Applies one event; returns once the effect is durable.
     fn apply(&self, event: &Event) -> impl Future<Output = Result<Applied, SinkError>> + Send;
+
+    /// Whether this sink writes an event that was not upcast as the
+    /// source's own bytes in `encoding` (see [`Event::original_body`]), and
+    /// so needs its payload validated but not decoded.
+    fn passes_through(&self, _encoding: Encoding) -> bool {
+        false
+    }
 }
 
 /// Whether a failed write may succeed if tried again.
