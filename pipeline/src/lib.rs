@@ -5,14 +5,17 @@
 //! - `schema`: the `.proto` directory -> [`schema::SchemaRegistry`].
 //! - `source`: one durable pull consumer per (source, sink) -> [`source::Delivery`].
 //! - `envelope`: delivery bytes -> validated [`envelope::Envelope`].
+//! - `wire_check`: a payload's bytes validated against its schema without
+//!   building it, for sinks that pass the source's bytes on.
 //! - `upcast`: an envelope -> the same event at its sink's target version.
 //! - `route`: which sinks want an event.
 //! - `lanes`: per-aggregate order, aggregates in parallel.
-//! - `recovery`: after a crash, the events left unacked go before newer ones.
 //! - `sink`: the [`sink::Sink`] trait and one module per kind.
 //! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
 //! - `dead_letter`: dead-letter reasons, headers and publishing.
-//! - `pipeline`: one consumer's loop, tying the above together.
+//! - `pipeline`: one consumer's loop, tying the above together; it becomes
+//!   active when the server delivers to this replica, and first recovers
+//!   what a previous owner left unacked.
 //! - `telemetry`: metric names, the lag poller, `/metrics`, `/healthz`, `/readyz`.
 //! - `cli`: the operator commands.
 //!
