@@ -39,6 +39,21 @@ impl Cli {
     }
 }
 
+impl Cli {
+    /// The exit code of a `dlq` command expected to fail.
+    fn dlq_status(&self, args: &[&str]) -> Option<i32> {
+        Command::new(jetline_bin())
+            .arg("dlq")
+            .arg("--config")
+            .arg(self.file.path())
+            .args(args)
+            .output()
+            .expect("jetline dlq runs")
+            .status
+            .code()
+    }
+}
+
 fn data_rows(table: &str) -> Vec<String> {
     table.lines().skip(1).map(str::to_owned).collect()
 }
@@ -118,6 +133,18 @@ dead_letter: { stream: DLQ_DQ, subject_prefix: dlq_dq }
         4,
         "a dry run changes nothing"
     );
+
+    // A sink the configuration does not have is a usage error, and nothing
+    // leaves the dead-letter stream.
+    let refused = cli.dlq_status(&[
+        "redrive",
+        "--reason",
+        "sink_rejected",
+        "--to-sink",
+        "nosuch",
+    ]);
+    assert_eq!(refused, Some(2));
+    assert_eq!(stream_count(&js, "DLQ_DQ").await, 4, "nothing removed");
 
     let redriven = cli.dlq(&["redrive", "--reason", "sink_rejected"]);
     assert!(redriven.contains("2 entries redriven"), "{redriven}");
