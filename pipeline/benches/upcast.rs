@@ -2,13 +2,15 @@
 //! v1 -> v2 -> v3: rename, set_default, convert) from `config/jetline.yaml`,
 //! next to its baselines in the same run: decoding the payload alone, and
 //! decoding the whole envelope. Run with `cargo bench --bench upcast`; the
-//! ratio is (decode + upcast) / decode.
+//! ratio is (decode + upcast) / decode. Also the check a sink that passes
+//! the source's bytes on makes instead: a v3 payload validated on the wire
+//! (`wire_check`) against decoded.
 
 use std::{hint::black_box, path::Path};
 
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message as _;
-use prost_reflect::DynamicMessage;
+use prost_reflect::{DynamicMessage, ReflectMessage as _};
 
 fn upcast(c: &mut Criterion) {
     let config = jetline::config::load(Path::new(concat!(
@@ -88,6 +90,30 @@ fn upcast(c: &mut Criterion) {
                 .expect("decodes");
             upcasters.upcast(&mut envelope, None).expect("upcasts");
             envelope
+        })
+    });
+    group.finish();
+
+    let mut at_v3 = envelope.clone();
+    upcasters.upcast(&mut at_v3, None).expect("upcasts");
+    let v3 = at_v3.payload.descriptor();
+    let v3_bytes = at_v3.payload.encode_to_vec();
+    let mut group = c.benchmark_group("validate");
+    group.throughput(Throughput::Elements(1));
+    group.bench_function("decode v3 payload + unknown-field walk", |b| {
+        b.iter(|| {
+            let payload = DynamicMessage::decode(v3.clone(), black_box(v3_bytes.as_slice()))
+                .expect("decodes");
+            jetline::wire_check::unknown_field_path(&payload)
+        })
+    });
+    group.bench_function("validate v3 payload on the wire", |b| {
+        b.iter(|| {
+            jetline::wire_check::validate(
+                &v3,
+                black_box(v3_bytes.as_slice()),
+                jetline::config::UnknownFields::Reject,
+            )
         })
     });
     group.finish();

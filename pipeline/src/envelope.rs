@@ -181,17 +181,18 @@ impl Decoder {
         }
     }
 
-    /// As [`Decoder::decode`], building the payload only when `need`, asked
-    /// with the event's type and version, says so. A binary payload that is
-    /// only checked is validated on the wire, which accepts exactly what
-    /// decoding would (`wire_check`), without building a message.
+    /// As [`Decoder::decode`], for an encoding already read from the
+    /// content type, building the payload only when `need`, asked with the
+    /// event's type and version, says so. A binary payload that is only
+    /// checked is validated on the wire, which accepts exactly what decoding
+    /// would (`wire_check`), without building a message.
     pub fn decode_for(
         &self,
-        content_type: Option<&str>,
+        encoding: Encoding,
         body: &[u8],
         need: impl Fn(&str, u32) -> PayloadNeed,
     ) -> Result<Envelope, DecodeError> {
-        match Encoding::from_content_type(content_type)? {
+        match encoding {
             Encoding::Protobuf => self.decode_protobuf_for(body, need),
             Encoding::Json => self.decode_json(body),
         }
@@ -577,7 +578,7 @@ pub(crate) mod tests {
             .expect("valid");
         let good = envelope.encode_protobuf();
         let checked = decoder
-            .decode_for(None, &good, valid)
+            .decode_for(Encoding::Protobuf, &good, valid)
             .expect("valid on the wire");
         assert_eq!(checked.event_id, envelope.event_id);
         assert_eq!(checked.aggregate_id, envelope.aggregate_id);
@@ -590,7 +591,7 @@ pub(crate) mod tests {
             let bytes = envelope.to_wire(payload).encode_to_vec();
             let full = decoder.decode(None, &bytes).expect_err("invalid");
             let wire = decoder
-                .decode_for(None, &bytes, valid)
+                .decode_for(Encoding::Protobuf, &bytes, valid)
                 .expect_err("invalid");
             assert_eq!(
                 std::mem::discriminant(&full),

@@ -315,11 +315,13 @@ impl SpawnContext<'_> {
         consumers: &mut JoinSet<Result<(), SourceError>>,
     ) {
         let config = &self.prepared.config;
-        for spec in config.pipelines.iter().filter(|p| p.sink == sink_name) {
-            let registry = self.prepared.decoder.registry();
-            let schema_version = config.sinks[sink_name].schema_version;
-            let event_types = registry.event_types();
-            let upcasts = event_types.iter().filter_map(|(event_type, versions)| {
+        let schema_version = config.sinks[sink_name].schema_version;
+        let event_types = self.prepared.decoder.registry().event_types();
+        // Per event type, the versions this sink's events are upcast from,
+        // and the one they go to.
+        let upcasts: Vec<(&str, Vec<u32>, u32)> = event_types
+            .iter()
+            .filter_map(|(event_type, versions)| {
                 let target = self
                     .prepared
                     .upcasters
@@ -327,12 +329,14 @@ impl SpawnContext<'_> {
                     .ok()?;
                 let from = versions.iter().copied().filter(|v| *v < target).collect();
                 Some((*event_type, from, target))
-            });
+            })
+            .collect();
+        for spec in config.pipelines.iter().filter(|p| p.sink == sink_name) {
             let metrics = ConsumerMetrics::new(
                 &spec.source,
                 sink_name,
                 event_types.keys().copied(),
-                upcasts,
+                upcasts.iter().cloned(),
             );
             let pipeline = Arc::new(Pipeline {
                 metrics,
@@ -342,7 +346,7 @@ impl SpawnContext<'_> {
                 router: Router::new(spec.routes.iter().map(|&index| &config.routes[index])),
                 decoder: Arc::clone(&self.prepared.decoder),
                 upcasters: Arc::clone(&self.prepared.upcasters),
-                schema_version: config.sinks[sink_name].schema_version,
+                schema_version,
                 sink: Arc::clone(&sink),
                 dead_letters: self.dead_letters.clone(),
             });

@@ -12,6 +12,7 @@
 
 use std::{collections::HashSet, sync::Arc, time::Duration};
 
+use async_nats::jetstream::consumer::PullConsumer;
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio_util::sync::CancellationToken;
 
@@ -201,28 +202,26 @@ impl<S: Sink> Pipeline<S> {
                                 "Consumer active on this replica"
                             );
                         }
-                        if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
-                            active.note_pin(pin);
-                        }
-                        self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
                         // What the client already holds is admitted at once.
-                        for _ in 1..ADMIT_BATCH {
+                        let mut next = Some(message);
+                        for _ in 0..ADMIT_BATCH {
+                            let Some(message) = next.take() else {
+                                break;
+                            };
+                            if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
+                                active.note_pin(pin);
+                            }
+                            self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
                             match stream.next().now_or_never() {
-                                Some(Some(Ok(message))) => {
-                                    if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
-                                        active.note_pin(pin);
-                                    }
-                                    self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
-                                }
+                                Some(Some(Ok(message))) => next = Some(message),
                                 Some(Some(Err(error))) => {
                                     tracing::warn!(consumer = %self.spec.durable_name, error = %error, "Pull error");
-                                    break;
                                 }
                                 Some(None) => {
                                     messages = None;
                                     break;
                                 }
-                                None => break,
+                                None => {}
                             }
                         }
                         self.start_ready(&mut lanes, &mut in_flight);
@@ -296,7 +295,7 @@ impl<S: Sink> Pipeline<S> {
 
     /// Whether the server has pinned another client than `pin_id` (a lost
     /// lookup says no: the next tick asks again).
-    async fn pin_moved(&self, consumer: &source::Consumer, pin_id: &str) -> bool {
+    async fn pin_moved(&self, consumer: &PullConsumer, pin_id: &str) -> bool {
         let Ok(info) = consumer.get_info().await else {
             return false;
         };
@@ -356,26 +355,27 @@ impl<S: Sink> Pipeline<S> {
             self.skip(&delivery, &event_type).await;
             return;
         }
-        // A sink that writes the source's bytes needs the payload of an
-        // event at its target version only validated, not decoded.
-        let passes_through = Encoding::from_content_type(delivery.content_type())
-            .is_ok_and(|encoding| self.sink.passes_through(encoding));
-        let need = |event_type: &str, version: u32| {
-            let at_target = self
-                .upcasters
-                .target_version(event_type, self.schema_version)
-                .is_ok_and(|target| target == version);
-            if passes_through && at_target {
-                PayloadNeed::Valid
-            } else {
-                PayloadNeed::Message
-            }
-        };
-        match self
-            .decoder
-            .decode_for(delivery.content_type(), &delivery.body, need)
-        {
-            Ok(envelope) => {
+        let decoded = Encoding::from_content_type(delivery.content_type()).and_then(|encoding| {
+            // A sink that writes the source's bytes needs the payload of an
+            // event at its target version only validated, not decoded.
+            let passes_through = self.sink.passes_through(encoding);
+            let need = |event_type: &str, version: u32| {
+                let at_target = || {
+                    self.upcasters
+                        .target_version(event_type, self.schema_version)
+                        .is_ok_and(|target| target == version)
+                };
+                if passes_through && at_target() {
+                    PayloadNeed::Valid
+                } else {
+                    PayloadNeed::Message
+                }
+            };
+            let envelope = self.decoder.decode_for(encoding, &delivery.body, need)?;
+            Ok((envelope, encoding))
+        });
+        match decoded {
+            Ok((envelope, encoding)) => {
                 if !self.router.wants(&delivery.subject, &envelope.event_type) {
                     self.skip(&delivery, &envelope.event_type).await;
                     return;
@@ -384,11 +384,10 @@ impl<S: Sink> Pipeline<S> {
                     Ordering::PerKey => Some(envelope.aggregate_id.clone()),
                     Ordering::None => None,
                 };
-                let original = Encoding::from_content_type(delivery.content_type()).ok();
                 let work = Work::Apply(Event {
                     envelope,
                     delivery,
-                    original,
+                    original: Some(encoding),
                 });
                 // A duplicate of an event in flight is dropped: the running
                 // one settles it.

@@ -113,9 +113,6 @@ impl Delivery {
     }
 }
 
-/// A bound durable consumer.
-pub type Consumer = PullConsumer;
-
 /// The priority group every Jetline replica pulls in.
 pub const PRIORITY_GROUP: &str = "jetline";
 

@@ -815,7 +815,7 @@ fn recursion_limit() -> WireError {
 
 #[cfg(test)]
 mod tests {
-    use std::{collections::BTreeMap, path::PathBuf, sync::LazyLock, time::Instant};
+    use std::{collections::BTreeMap, path::PathBuf, sync::LazyLock};
 
     use proptest::prelude::*;
     use prost::{Message as _, encoding::encode_varint};
@@ -1805,40 +1805,5 @@ mod tests {
                 subject.assert_agrees(&payload)?;
             }
         }
-    }
-
-    /// `cargo test --release --lib wire_check::tests::measure -- --ignored --nocapture`
-    #[test]
-    #[ignore]
-    fn measure_validate_against_decode() {
-        let examples = example_registry();
-        let v3 = Subject::new(&examples, "orders.OrderCreated", 3);
-        let payload = v3.encode_json(created_v3_json());
-        let descriptor = v3.descriptor().clone();
-        let rounds = 200_000;
-        let started = Instant::now();
-        for _ in 0..rounds {
-            let verdict = validate(
-                std::hint::black_box(&descriptor),
-                std::hint::black_box(&payload),
-                UnknownFields::Reject,
-            );
-            assert!(verdict.is_ok());
-        }
-        let validate_ns = started.elapsed().as_nanos() / rounds;
-        let started = Instant::now();
-        for _ in 0..rounds {
-            let message = DynamicMessage::decode(
-                descriptor.clone(),
-                std::hint::black_box(payload.as_slice()),
-            )
-            .expect("valid");
-            assert!(unknown_field_path(&message).is_none());
-        }
-        let decode_ns = started.elapsed().as_nanos() / rounds;
-        println!(
-            "{} bytes: validate {validate_ns} ns, decode + unknown-field walk {decode_ns} ns",
-            payload.len()
-        );
     }
 }

@@ -87,6 +87,22 @@ pub struct Jetline {
 }
 
 impl Jetline {
+    /// Jetline copying the stream `source` (subjects `<source>.>`) into a
+    /// JetStream sink on `<output>.<aggregate_id>`, its consumer named after
+    /// `source`: the run of the latency and memory measurements.
+    pub fn start_copy(nats_url: &str, source: &str, output: &str, upcasters: &str) -> Self {
+        let block = format!("    type: jetstream\n    subject: \"{output}.{{aggregate_id}}\"");
+        let spec = Spec {
+            nats_url,
+            stream: source,
+            prefix: source,
+            durable_prefix: source,
+            sink_block: &block,
+            upcasters,
+        };
+        Self::start(&spec, &[])
+    }
+
     /// Starts the binary; `started` is taken just before the spawn.
     pub fn start(spec: &Spec<'_>, env: &[(&str, &str)]) -> Self {
         let metrics_port = free_port();

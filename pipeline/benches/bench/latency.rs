@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 use crate::{
     Bench,
-    jetline::{Jetline, Spec},
+    jetline::Jetline,
     modes::Side,
     preload::Event,
     raw::{self, Job, Write},
@@ -67,16 +67,7 @@ pub async fn measure(bench: &Bench, side: Side, rate: f64, seconds: f64) -> Late
             })));
         }
         Side::Jetline => {
-            let block = format!("    type: jetstream\n    subject: \"{output}.{{aggregate_id}}\"");
-            let spec = Spec {
-                nats_url: &url,
-                stream: &source,
-                prefix: &source,
-                durable_prefix: &source,
-                sink_block: &block,
-                upcasters: &bench.upcasters,
-            };
-            let mut started = Jetline::start(&spec, &[]);
+            let mut started = Jetline::start_copy(&url, &source, &output, &bench.upcasters);
             started.ready().await;
             jetline = Some(started);
         }

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::{
     Bench,
-    jetline::{DLQ_STREAM, Jetline, Spec},
+    jetline::{DLQ_STREAM, Jetline},
     preload,
     support::{create_stream, stream_count},
 };
@@ -22,16 +22,7 @@ pub async fn measure(bench: &Bench, backlog: usize) -> u64 {
     preload::publish_generated(&bench.js, &source, "rss", backlog).await;
 
     let url = bench.server.url();
-    let block = format!("    type: jetstream\n    subject: \"{output}.{{aggregate_id}}\"");
-    let spec = Spec {
-        nats_url: &url,
-        stream: &source,
-        prefix: &source,
-        durable_prefix: &source,
-        sink_block: &block,
-        upcasters: &bench.upcasters,
-    };
-    let mut jetline = Jetline::start(&spec, &[]);
+    let mut jetline = Jetline::start_copy(&url, &source, &output, &bench.upcasters);
     let timeout = Duration::from_secs(120).max(Duration::from_millis(backlog as u64));
     jetline
         .until(

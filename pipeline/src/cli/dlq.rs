@@ -125,27 +125,9 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
                 (false, Some(sink)) => RedriveTarget::Sink(sink),
                 (false, None) => RedriveTarget::OriginalSink,
             };
-            let entries: Vec<Entry> = dead_letters
-                .entries(&filter.filter().map_err(usage)?)
-                .await?
-                .into_iter()
-                .filter(|entry| seqs.is_empty() || seqs.contains(&entry.seq))
-                .collect();
             // A redrive for a sink this configuration does not have would be
             // skipped by every sink: the event would be gone. Refuse before
             // anything leaves the dead-letter stream.
-            let unknown: Vec<String> = entries
-                .iter()
-                .filter_map(|entry| {
-                    let sink = match &target {
-                        RedriveTarget::Source => return None,
-                        RedriveTarget::Sink(sink) => sink.as_str(),
-                        RedriveTarget::OriginalSink => entry.sink(),
-                    };
-                    (!config.sinks.contains_key(sink))
-                        .then(|| format!("entry {} names sink {}", entry.seq, cell(sink, MAX_CELL)))
-                })
-                .collect();
             if let RedriveTarget::Sink(sink) = &target
                 && !config.sinks.contains_key(sink)
             {
@@ -155,11 +137,30 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
                     config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             }
-            if !unknown.is_empty() {
-                return Err(RunError::Usage(format!(
-                    "nothing redriven: {}; redrive them --to-source or --to-sink a configured sink",
-                    unknown.join("; ")
-                )));
+            let entries: Vec<Entry> = dead_letters
+                .entries(&filter.filter().map_err(usage)?)
+                .await?
+                .into_iter()
+                .filter(|entry| seqs.is_empty() || seqs.contains(&entry.seq))
+                .collect();
+            if matches!(target, RedriveTarget::OriginalSink) {
+                let unknown: Vec<String> = entries
+                    .iter()
+                    .filter(|entry| !config.sinks.contains_key(entry.sink()))
+                    .map(|entry| {
+                        format!(
+                            "entry {} names sink {}",
+                            entry.seq,
+                            cell(entry.sink(), MAX_CELL)
+                        )
+                    })
+                    .collect();
+                if !unknown.is_empty() {
+                    return Err(RunError::Usage(format!(
+                        "nothing redriven: {}; redrive them --to-source or --to-sink a configured sink",
+                        unknown.join("; ")
+                    )));
+                }
             }
             let mut out = String::new();
             for entry in &entries {

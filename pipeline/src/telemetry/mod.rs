@@ -221,12 +221,8 @@ impl ConsumerMetrics {
         }
     }
 
-    /// Whether the schemas know `event_type` (else it is labelled `unknown`,
-    /// so a producer's typo cannot grow the label set).
-    pub fn knows(&self, event_type: &str) -> bool {
-        self.events.contains_key(event_type)
-    }
-
+    /// Counts a settled delivery; a type the schemas do not know is
+    /// labelled `unknown`, so a producer's typo cannot grow the label set.
     pub fn event(&self, event_type: &str, outcome: Settled) {
         let counters = self.events.get(event_type).unwrap_or(&self.unknown_events);
         counters[outcome as usize].increment(1);
