@@ -3,6 +3,7 @@
 
 mod support;
 
+mod chaos;
 mod check;
 mod core;
 mod delivery;

@@ -127,8 +127,9 @@ impl Outgoing {
 }
 
 /// Publishes all, pipelined in windows (async-nats allows 5,000 acks in
-/// flight), and waits for every ack.
-pub async fn publish_all(js: &jetstream::Context, messages: Vec<Outgoing>) {
+/// flight), and waits for every ack; returns the stream sequences, in order.
+pub async fn publish_all(js: &jetstream::Context, messages: Vec<Outgoing>) -> Vec<u64> {
+    let mut sequences = Vec::with_capacity(messages.len());
     let mut messages = messages.into_iter().peekable();
     while messages.peek().is_some() {
         let mut acks = Vec::with_capacity(1_000);
@@ -140,9 +141,10 @@ pub async fn publish_all(js: &jetstream::Context, messages: Vec<Outgoing>) {
             );
         }
         for ack in acks {
-            ack.await.expect("publish acked");
+            sequences.push(ack.await.expect("publish acked").sequence);
         }
     }
+    sequences
 }
 
 /// `orders.OrderCancelled` v1.

@@ -3,7 +3,7 @@
 
 use std::{
     net::TcpStream,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
@@ -19,6 +19,8 @@ pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// A configuration file of extra server settings (`max_payload`).
+    settings: Option<PathBuf>,
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -44,11 +46,23 @@ fn nats_server_bin() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> Self {
+        Self::start_with_settings("")
+    }
+
+    /// With extra lines of nats-server configuration, e.g. `max_payload: 16MB`
+    /// (the default, 1 MB, refuses larger messages).
+    pub fn start_with_settings(settings: &str) -> Self {
         let store = tempfile::tempdir().expect("a temporary store directory");
+        let settings = (!settings.is_empty()).then(|| {
+            let path = store.path().join("settings.conf");
+            std::fs::write(&path, settings).expect("server settings written");
+            path
+        });
         let mut server = Self {
             child: None,
             port: free_port(),
             store,
+            settings,
         };
         server.spawn();
         server
@@ -65,6 +79,7 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
+            .args(self.settings.iter().flat_map(|path| [Path::new("-c"), path]))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -88,6 +103,23 @@ impl NatsServer {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// Stops the server with SIGTERM (it flushes its store and closes its
+    /// connections), keeping the store for [`NatsServer::start_again`].
+    pub fn stop_gracefully(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts a stopped server again on the same port with the same store.
+    pub fn start_again(&mut self) {
+        assert!(self.child.is_none(), "the server is running");
+        self.spawn();
     }
 
     pub fn url(&self) -> String {
@@ -156,6 +188,11 @@ impl Running {
         Self { shutdown, handle }
     }
 
+    /// Whether `jetline::run` is still running (it has not returned).
+    pub fn is_running(&self) -> bool {
+        !self.handle.is_finished()
+    }
+
     /// Asks for a graceful stop and waits for it.
     pub async fn stop(self) {
         self.shutdown.cancel();
@@ -179,6 +216,22 @@ impl Process {
 
     /// With extra environment variables (secrets such as `url_env`).
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::spawn(yaml, env, Stdio::inherit())
+    }
+
+    /// With its logs (JSON lines, level `warn`) appended to `log`.
+    pub fn start_logged(yaml: &str, env: &[(&str, &str)], log: &Path) -> Self {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log file opens");
+        let mut env = env.to_vec();
+        env.push(("JETLINE_LOG_FORMAT", "json"));
+        Self::spawn(yaml, &env, Stdio::from(file))
+    }
+
+    fn spawn(yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         use std::io::Write;
         let mut file = tempfile::NamedTempFile::new().expect("config file");
         file.write_all(yaml.as_bytes()).expect("config written");
@@ -188,6 +241,7 @@ impl Process {
             .env("JETLINE_LOG", "warn")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("jetline starts");
         Self {

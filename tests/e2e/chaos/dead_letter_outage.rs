@@ -1,0 +1,184 @@
+//! Scenario 6: the dead-letter stream unavailable mid-stream: first deleted
+//! (for 10 s, then created again), then at its `max_bytes` with `discard:
+//! new` (for 10 s, then the limit lifted), with 1% poison arriving in each
+//! phase. No poison may be terminated before its dead letter is stored:
+//! each sink's ack floor stays below the phase's first poison, Jetline says
+//! why in its logs and in `/readyz`, and stores every entry once it can.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::stream::{self, DiscardPolicy};
+use serde_json::Value;
+
+use super::{
+    accounting::Report,
+    model::{Content, PoisonMix},
+    world::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, SINKS, World},
+};
+
+const OUTAGE: Duration = Duration::from_secs(10);
+
+/// What one phase of the outage showed.
+struct Phase {
+    name: &'static str,
+    /// `/readyz` polls, and those answering 503 with a reason naming the
+    /// dead letters.
+    polls: usize,
+    unready_for_dead_letters: usize,
+    /// Log lines (warn or error) about dead letters that could not be
+    /// stored, and the first one's error.
+    log_lines: usize,
+    first_error: Option<String>,
+    /// Sinks whose ack floor passed the phase's first poison message.
+    terminated_early: Vec<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by scripts/chaos"]
+async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
+    let mut world = World::start("").await;
+    let part = world.size.events * 3 / 10;
+    world
+        .publish(world.size.events - 2 * part, PoisonMix::None)
+        .await;
+    let started = Instant::now();
+    let jetline = world.start_process(&world.yaml("", &[]));
+    let ready = world.until_ready(Duration::from_secs(60)).await;
+
+    // Deleted before any entry was stored (no poison yet), so none is lost.
+    world
+        .js
+        .delete_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("dead-letter stream deleted");
+    let deleted = phase(&mut world, "deleted", part).await;
+    world
+        .js
+        .get_or_create_stream(stream::Config {
+            name: DEAD_LETTER_STREAM.to_owned(),
+            subjects: vec![format!("{DEAD_LETTER_PREFIX}.>")],
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("dead-letter stream created again");
+
+    let mut handle = world
+        .js
+        .get_stream(DEAD_LETTER_STREAM)
+        .await
+        .expect("dead-letter stream");
+    let info = handle.info().await.expect("stream info").clone();
+    let mut config = info.config.clone();
+    config.max_bytes = info.state.bytes.max(1) as i64;
+    config.discard = DiscardPolicy::New;
+    world
+        .js
+        .update_stream(config.clone())
+        .await
+        .expect("dead-letter stream limited");
+    let full = phase(&mut world, "full", part).await;
+    config.max_bytes = -1;
+    world
+        .js
+        .update_stream(config)
+        .await
+        .expect("dead-letter stream limit lifted");
+
+    let settled = world.until_settled(&SINKS).await;
+    let elapsed = started.elapsed();
+    drop(jetline);
+
+    let mut report = Report::new("chaos_dead_letter_outage", &world);
+    report.check(ready, "/readyz not 200 before the outage".into());
+    for phase in [&deleted, &full] {
+        report.check(
+            phase.terminated_early.is_empty(),
+            format!(
+                "stream {}: {:?} settled poison whose dead letter could not be stored",
+                phase.name, phase.terminated_early
+            ),
+        );
+        report.check(
+            phase.log_lines > 0,
+            format!("stream {}: no log line says a dead letter could not be stored", phase.name),
+        );
+        report.check(
+            phase.unready_for_dead_letters > 0,
+            format!(
+                "stream {}: /readyz named the dead letters in none of {} polls",
+                phase.name, phase.polls
+            ),
+        );
+        report.note(format!(
+            "stream {} for {} s: {} log lines about unstored dead letters (first error: {}); /readyz 503 naming them in {} of {} polls",
+            phase.name,
+            OUTAGE.as_secs(),
+            phase.log_lines,
+            phase.first_error.as_deref().unwrap_or("none"),
+            phase.unready_for_dead_letters,
+            phase.polls
+        ));
+    }
+    report.check(settled, "the sinks did not settle every message".into());
+    report.note(format!(
+        "time to recover: not measured; all settled {:.1} s after the start",
+        elapsed.as_secs_f64()
+    ));
+    report.account(&world, Vec::new()).await;
+    report.finish();
+}
+
+/// Publishes `count` messages with 1% garbage while the dead-letter stream
+/// is unavailable, and watches `/readyz`, the logs and the ack floors for
+/// [`OUTAGE`].
+async fn phase(world: &mut World, name: &'static str, count: usize) -> Phase {
+    let log_start = std::fs::metadata(world.log_path()).map_or(0, |meta| meta.len()) as usize;
+    let first = world.model.published.len();
+    world.publish(count, PoisonMix::GarbageOnly).await;
+    let first_poison = world.model.published[first..]
+        .iter()
+        .find(|message| matches!(message.content, Content::Poison { .. }))
+        .map(|message| message.seq);
+    let since = Instant::now();
+    let (mut polls, mut unready) = (0, 0);
+    while since.elapsed() < OUTAGE {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        polls += 1;
+        if let Some((503, body)) = world.readyz().await
+            && body.to_lowercase().contains("dead")
+        {
+            unready += 1;
+        }
+    }
+    let floors = world.ack_floors(&SINKS).await.unwrap_or_default();
+    let terminated_early = SINKS
+        .iter()
+        .zip(floors)
+        .filter(|(_, floor)| first_poison.is_some_and(|poison| *floor >= poison))
+        .map(|(sink, _)| sink.to_string())
+        .collect();
+    let log = std::fs::read_to_string(world.log_path()).unwrap_or_default();
+    let lines: Vec<Value> = log
+        .get(log_start..)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| {
+            let level = line["level"].as_str().unwrap_or_default();
+            let message = line["fields"]["message"].as_str().unwrap_or_default();
+            (level == "ERROR" || level == "WARN") && message.to_lowercase().contains("dead letter")
+                && message.contains("not")
+        })
+        .collect();
+    Phase {
+        name,
+        polls,
+        unready_for_dead_letters: unready,
+        log_lines: lines.len(),
+        first_error: lines
+            .first()
+            .and_then(|line| line["fields"]["error"].as_str().map(str::to_owned)),
+        terminated_early,
+    }
+}
