@@ -92,6 +92,8 @@ impl Encoding {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DecodeError {
+    #[error("message of {size} bytes is larger than limits.max_message_bytes ({max})")]
+    TooLarge { size: usize, max: usize },
     #[error("unsupported content type {0:?}")]
     ContentType(String),
     #[error("envelope is not valid protobuf: {0}")]
@@ -128,7 +130,8 @@ impl DecodeError {
             | DecodeError::UnknownVersion { event_type, .. }
             | DecodeError::InvalidPayload { event_type, .. }
             | DecodeError::UnknownField { event_type, .. } => Some(event_type),
-            DecodeError::ContentType(_)
+            DecodeError::TooLarge { .. }
+            | DecodeError::ContentType(_)
             | DecodeError::Protobuf(_)
             | DecodeError::Json(_)
             | DecodeError::MissingField(_)
@@ -139,6 +142,7 @@ impl DecodeError {
     /// The dead-letter reason this error files the event under.
     pub fn reason(&self) -> DeadLetterReason {
         match self {
+            DecodeError::TooLarge { .. } => DeadLetterReason::TooLarge,
             DecodeError::ContentType(_)
             | DecodeError::Protobuf(_)
             | DecodeError::Json(_)
@@ -159,14 +163,23 @@ impl DecodeError {
 pub struct Decoder {
     registry: SchemaRegistry,
     unknown_fields: UnknownFields,
+    max_message_bytes: usize,
 }
 
 impl Decoder {
+    /// A decoder with the default `limits.max_message_bytes`.
     pub fn new(registry: SchemaRegistry, unknown_fields: UnknownFields) -> Self {
         Self {
             registry,
             unknown_fields,
+            max_message_bytes: crate::config::raw::LimitsConfig::default().max_message_bytes,
         }
+    }
+
+    /// Refuses, unread, a body longer than `max` bytes.
+    pub fn with_max_message_bytes(mut self, max: usize) -> Self {
+        self.max_message_bytes = max;
+        self
     }
 
     pub fn registry(&self) -> &SchemaRegistry {
@@ -175,6 +188,7 @@ impl Decoder {
 
     /// `Content-Type` and body -> a validated [`Envelope`].
     pub fn decode(&self, content_type: Option<&str>, body: &[u8]) -> Result<Envelope, DecodeError> {
+        self.check_size(body)?;
         match Encoding::from_content_type(content_type)? {
             Encoding::Protobuf => self.decode_protobuf(body),
             Encoding::Json => self.decode_json(body),
@@ -192,10 +206,21 @@ impl Decoder {
         body: &[u8],
         need: impl Fn(&str, u32) -> PayloadNeed,
     ) -> Result<Envelope, DecodeError> {
+        self.check_size(body)?;
         match encoding {
             Encoding::Protobuf => self.decode_protobuf_for(body, need),
             Encoding::Json => self.decode_json(body),
         }
+    }
+
+    fn check_size(&self, body: &[u8]) -> Result<(), DecodeError> {
+        if body.len() > self.max_message_bytes {
+            return Err(DecodeError::TooLarge {
+                size: body.len(),
+                max: self.max_message_bytes,
+            });
+        }
+        Ok(())
     }
 
     fn decode_protobuf(&self, body: &[u8]) -> Result<Envelope, DecodeError> {
@@ -209,6 +234,13 @@ impl Decoder {
     ) -> Result<Envelope, DecodeError> {
         let wire =
             wire::Envelope::decode(body).map_err(|err| DecodeError::Protobuf(err.to_string()))?;
+        // prost keeps the low 32 bits of a larger varint: refuse it instead
+        // of applying the event at a version nobody published.
+        if !schema_version_fits(body) {
+            return Err(DecodeError::Protobuf(
+                "schema_version does not fit in 32 bits".into(),
+            ));
+        }
         let descriptor = self.payload_descriptor(&wire)?;
         if need(&wire.event_type, wire.schema_version) == PayloadNeed::Valid {
             let invalid = |error: wire_check::WireError| match error {
@@ -249,8 +281,7 @@ impl Decoder {
     }
 
     fn decode_json(&self, body: &[u8]) -> Result<Envelope, DecodeError> {
-        let document: serde_json::Value =
-            serde_json::from_slice(body).map_err(|err| DecodeError::Json(err.to_string()))?;
+        let document = crate::strict_json::parse(body).map_err(DecodeError::Json)?;
         let serde_json::Value::Object(mut fields) = document else {
             return Err(DecodeError::Json(
                 "the envelope must be a JSON object".into(),
@@ -315,6 +346,29 @@ impl Decoder {
                 version: wire.schema_version,
             })
     }
+}
+
+/// Whether every `schema_version` varint in a (decodable) envelope fits in
+/// a `uint32`: a scan of the top-level fields, nested ones skipped.
+fn schema_version_fits(mut body: &[u8]) -> bool {
+    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+    const SCHEMA_VERSION: u32 = 3;
+    while !body.is_empty() {
+        let Ok((tag, wire_type)) = decode_key(&mut body) else {
+            return true;
+        };
+        if tag == SCHEMA_VERSION && wire_type == WireType::Varint {
+            match decode_varint(&mut body) {
+                Ok(value) if value > u64::from(u32::MAX) => return false,
+                Ok(_) => continue,
+                Err(_) => return true,
+            }
+        }
+        if skip_field(wire_type, tag, &mut body, DecodeContext::default()).is_err() {
+            return true;
+        }
+    }
+    true
 }
 
 /// The identifying fields of an envelope, read without any schema: for
@@ -546,6 +600,49 @@ pub(crate) mod tests {
             .decode(Some("text/plain"), b"{}")
             .expect_err("content type");
         assert_eq!(unsupported.reason(), DeadLetterReason::InvalidEnvelope);
+    }
+
+    #[test]
+    fn lax_input_is_refused() {
+        let decoder = example_decoder();
+        let json = serde_json::to_string(&created_v2_json()).expect("json");
+        // The same key twice: serde_json alone would keep the last.
+        let duplicated = json.replacen(
+            "\"aggregateId\":\"o-1\"",
+            "\"aggregateId\":\"o-1\",\"aggregateId\":\"o-2\"",
+            1,
+        );
+        assert_ne!(duplicated, json);
+        let error = decoder
+            .decode(Some(CONTENT_TYPE_JSON), duplicated.as_bytes())
+            .expect_err("duplicate key");
+        assert_eq!(error.reason(), DeadLetterReason::InvalidEnvelope, "{error}");
+        let in_payload = json.replacen(
+            "\"currency\":\"EUR\"",
+            "\"currency\":\"EUR\",\"currency\":\"USD\"",
+            1,
+        );
+        assert_ne!(in_payload, json);
+        assert!(
+            decoder
+                .decode(Some(CONTENT_TYPE_JSON), in_payload.as_bytes())
+                .is_err()
+        );
+
+        // A binary schema_version of 2^32 + 2 would be read as 2.
+        let envelope = decoder
+            .decode(Some(CONTENT_TYPE_JSON), json.as_bytes())
+            .expect("valid");
+        let mut bytes = envelope.encode_protobuf();
+        assert!(decoder.decode(None, &bytes).is_ok());
+        prost::encoding::encode_key(3, prost::encoding::WireType::Varint, &mut bytes);
+        prost::encoding::encode_varint((1u64 << 32) + 2, &mut bytes);
+        let error = decoder.decode(None, &bytes).expect_err("version too large");
+        assert_eq!(error.reason(), DeadLetterReason::InvalidEnvelope, "{error}");
+        let passing = decoder
+            .decode_for(Encoding::Protobuf, &bytes, |_, _| PayloadNeed::Valid)
+            .expect_err("also when only validated");
+        assert_eq!(passing.reason(), DeadLetterReason::InvalidEnvelope);
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - `config`: the YAML file -> a checked [`Config`] (every error with its key path).
 //! - `schema`: the `.proto` directory -> [`schema::SchemaRegistry`].
 //! - `source`: one durable pull consumer per (source, sink) -> [`source::Delivery`].
-//! - `envelope`: delivery bytes -> validated [`envelope::Envelope`].
+//! - `envelope`: delivery bytes -> validated [`envelope::Envelope`]
+//!   (`strict_json` for JSON from outside).
 //! - `wire_check`: a payload's bytes validated against its schema without
 //!   building it, for sinks that pass the source's bytes on.
 //! - `upcast`: an envelope -> the same event at its sink's target version.
@@ -17,6 +18,8 @@
 //!   active when the server delivers to this replica, and first recovers
 //!   what a previous owner left unacked.
 //! - `telemetry`: metric names, the lag poller, `/metrics`, `/healthz`, `/readyz`.
+//! - `template`: subject and key templates, checked to render what NATS takes.
+//! - `text`: outside text cut to a bounded length for errors and logs.
 //! - `cli`: the operator commands.
 //!
 //! [`run`] starts it all and returns after `shutdown` once in-flight events settled.
@@ -33,8 +36,10 @@ pub mod route;
 pub mod schema;
 pub mod sink;
 pub mod source;
+pub mod strict_json;
 pub mod telemetry;
 pub mod template;
+pub mod text;
 pub mod upcast;
 pub mod wire_check;
 
@@ -128,7 +133,8 @@ pub fn prepare_with(config: Config, code_steps: &CodeSteps) -> Result<Prepared, 
     let (true, Some(upcasters)) = (errors.is_empty(), upcasters) else {
         return Err(RunError::Config(ConfigErrors(errors)));
     };
-    let decoder = Decoder::new(registry, config.schemas.unknown_fields);
+    let decoder = Decoder::new(registry, config.schemas.unknown_fields)
+        .with_max_message_bytes(config.limits.max_message_bytes);
     Ok(Prepared {
         config,
         decoder: Arc::new(decoder),
@@ -349,12 +355,10 @@ impl SpawnContext<'_> {
                 schema_version,
                 sink: Arc::clone(&sink),
                 dead_letters: self.dead_letters.clone(),
+                readiness: Arc::clone(self.readiness),
+                limits: config.limits.clone(),
             });
-            consumers.spawn(pipeline.run(
-                self.jetstream.clone(),
-                Arc::clone(self.readiness),
-                self.shutdown.clone(),
-            ));
+            consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }
     }
 }

@@ -16,7 +16,8 @@ use crate::{
     lanes::Completion,
     sink::{Applied, ErrorClass, SinkError},
     source::Delivery,
-    telemetry::{ConsumerMetrics, Settled},
+    telemetry::{ConsumerMetrics, Readiness, Settled},
+    text,
 };
 
 /// What happens to one delivery.
@@ -92,6 +93,8 @@ pub struct Settler<'a> {
     pub sink: &'a str,
     pub dead_letters: &'a DeadLetters,
     pub metrics: &'a ConsumerMetrics,
+    /// Told when dead letters cannot be stored, and when they can again.
+    pub readiness: &'a Readiness,
 }
 
 impl Settler<'_> {
@@ -146,6 +149,7 @@ impl Settler<'_> {
                     body: delivery.body.clone(),
                 };
                 if let Err(store_error) = self.dead_letters.publish(&letter).await {
+                    self.readiness.dead_letter_failed(&store_error.to_string());
                     tracing::error!(
                         sink = self.sink,
                         stream_seq = delivery.stream_seq,
@@ -158,12 +162,13 @@ impl Settler<'_> {
                     log_ack_failure(self.sink, delivery, nak);
                     return Completion::Retrying;
                 }
+                self.readiness.dead_letter_stored();
                 tracing::warn!(
                     sink = self.sink,
                     stream_seq = delivery.stream_seq,
                     subject = %delivery.subject,
                     reason = reason.as_str(),
-                    error = %error,
+                    error = %text::cut(error, text::LOGGED_CHARS),
                     "Event dead-lettered"
                 );
                 self.metrics.dead_lettered(*reason);

@@ -23,9 +23,10 @@ use crate::{
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
     route::Router,
-    sink::{Event, Sink},
-    source::{self, Delivery, SourceError},
+    sink::{Event, Sink, SinkError},
+    source::{self, Delivery, HeldBytes, SourceError},
     telemetry::{ConsumerMetrics, Readiness},
+    text,
     upcast::Upcasters,
 };
 
@@ -43,11 +44,17 @@ pub struct Pipeline<S> {
     pub metrics: ConsumerMetrics,
     /// Sends this consumer's acks.
     pub client: async_nats::Client,
+    pub readiness: Arc<Readiness>,
+    pub limits: crate::config::raw::LimitsConfig,
 }
 
 /// Deliveries taken from the pull stream in one go once one has arrived:
 /// admitted together, then started together.
 const ADMIT_BATCH: usize = 256;
+
+/// Room in a pull's byte limit for a message's subject and headers beyond
+/// the server's payload limit.
+const BATCH_BYTES_SLACK: usize = 64 * 1024;
 
 /// A delivery admitted to the lanes.
 // `Apply` is the common case: boxing it to even the sizes would allocate per event.
@@ -128,7 +135,6 @@ impl<S: Sink> Pipeline<S> {
     pub async fn run(
         self: Arc<Self>,
         jetstream: async_nats::jetstream::Context,
-        readiness: Arc<Readiness>,
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let consumer = source::bind(&jetstream, &self.spec, &self.settings).await?;
@@ -136,7 +142,7 @@ impl<S: Sink> Pipeline<S> {
         // Standby until the server delivers to this replica: then it holds
         // the consumer's pin, and the others stand by.
         let mut active: Option<Active> = None;
-        readiness.consumer_bound();
+        self.readiness.consumer_bound();
         self.metrics.active(false);
         tracing::info!(
             source = %self.spec.source,
@@ -152,10 +158,23 @@ impl<S: Sink> Pipeline<S> {
         let mut progress = tokio::time::interval(self.progress_interval());
         progress.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut messages = None;
+        // Bodies received and not settled, bounded by `max_bytes_in_flight`;
+        // a pull asks for a quarter of it, but never less than the largest
+        // message the server takes, which could otherwise never be delivered.
+        let held = HeldBytes::default();
+        let batch_bytes = (self.limits.max_bytes_in_flight / 4)
+            .max(self.client.server_info().max_payload + BATCH_BYTES_SLACK);
 
         loop {
             if messages.is_none() {
-                match source::messages(&consumer, &self.settings, &self.spec.durable_name).await {
+                match source::messages(
+                    &consumer,
+                    &self.settings,
+                    batch_bytes,
+                    &self.spec.durable_name,
+                )
+                .await
+                {
                     Ok(stream) => messages = Some(stream),
                     Err(error) => {
                         tracing::warn!(consumer = %self.spec.durable_name, error = %error, "Cannot pull; retrying");
@@ -189,7 +208,10 @@ impl<S: Sink> Pipeline<S> {
                     }
                     self.start_ready(&mut lanes, &mut in_flight);
                 }
-                message = stream.next() => match message {
+                // Past the byte budget, settle before reading more; while
+                // recovering, read on: the orphans must come back, and
+                // `max_ack_pending` bounds what is held meanwhile.
+                message = stream.next(), if recovery.is_some() || held.get() < self.limits.max_bytes_in_flight => match message {
                     Some(Ok(message)) => {
                         if active.is_none() {
                             let info = consumer.get_info().await.ok();
@@ -211,7 +233,10 @@ impl<S: Sink> Pipeline<S> {
                             if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
                                 active.note_pin(pin);
                             }
-                            self.receive(&stream_name, message, &mut recovery, &mut lanes).await;
+                            self.receive(&stream_name, message, &held, &mut recovery, &mut lanes).await;
+                            if recovery.is_none() && held.get() >= self.limits.max_bytes_in_flight {
+                                break;
+                            }
                             match stream.next().now_or_never() {
                                 Some(Some(Ok(message))) => next = Some(message),
                                 Some(Some(Err(error))) => {
@@ -267,7 +292,7 @@ impl<S: Sink> Pipeline<S> {
         let mut unread = Vec::new();
         if let Some(mut stream) = messages.take() {
             while let Some(Some(Ok(message))) = stream.next().now_or_never() {
-                if let Ok(delivery) = Delivery::from_message(&stream_name, message) {
+                if let Ok(delivery) = Delivery::from_message(&stream_name, message, &held) {
                     unread.push(delivery);
                 }
             }
@@ -316,11 +341,12 @@ impl<S: Sink> Pipeline<S> {
         &self,
         stream_name: &Arc<str>,
         message: async_nats::jetstream::Message,
+        held: &HeldBytes,
         recovery: &mut Option<Recovery>,
         lanes: &mut Lanes<Work>,
     ) {
         match (
-            Delivery::from_message(stream_name, message),
+            Delivery::from_message(stream_name, message, held),
             recovery.as_mut(),
         ) {
             (Ok(delivery), Some(held)) => {
@@ -493,14 +519,16 @@ impl<S: Sink> Pipeline<S> {
     /// Calls the sink, extending the ack deadline while it works.
     async fn apply(&self, event: &Event) -> Outcome {
         let started = std::time::Instant::now();
-        let write = self.sink.apply(event);
+        // A panic in a sink stays this event's failure: the futures share
+        // the consumer's task, which would otherwise die with it.
+        let write = std::panic::AssertUnwindSafe(self.sink.apply(event)).catch_unwind();
         tokio::pin!(write);
         let result = loop {
             // A timer per event only while it is being written, in place:
             // no allocation, and only slow writes ever see it fire.
             tokio::select! {
                 biased;
-                result = &mut write => break result,
+                result = &mut write => break result.unwrap_or_else(|panic| Err(SinkError::Panicked(panic_message(panic.as_ref())))),
                 _ = tokio::time::sleep(self.progress_interval()) => {
                     outcome::progress(&self.client, &event.delivery).await;
                 }
@@ -512,11 +540,11 @@ impl<S: Sink> Pipeline<S> {
                 let age = time::OffsetDateTime::now_utc() - event.delivery.published;
                 self.metrics.end_to_end(age.as_seconds_f64());
             }
-            Err(error) => tracing::info!(
+            Err(error) => tracing::warn!(
                 sink = %self.spec.sink,
                 stream_seq = event.delivery.stream_seq,
                 attempt = event.delivery.attempt,
-                error = %error,
+                error = %text::cut(&error.to_string(), text::LOGGED_CHARS),
                 "Sink write failed"
             ),
         }
@@ -534,6 +562,7 @@ impl<S: Sink> Pipeline<S> {
             sink: &self.spec.sink,
             dead_letters: &self.dead_letters,
             metrics: &self.metrics,
+            readiness: &self.readiness,
         }
     }
 
@@ -570,6 +599,16 @@ fn pin_of(message: &async_nats::jetstream::Message) -> Option<&str> {
 type InFlight<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = (Option<String>, u64, Completion)> + Send + 'a>,
 >;
+
+/// What a caught panic said, when it said it with a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message");
+    text::cut(text, text::LOGGED_CHARS).into_owned()
+}
 
 /// Sleeps until `deadline`, or forever without one.
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

@@ -4,7 +4,10 @@
 //!
 //! Only `outcome.rs` acks: the ack methods here are crate-private for it.
 
-use std::sync::Arc;
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
 
 use async_nats::{
     HeaderMap,
@@ -51,6 +54,40 @@ pub struct Delivery {
     /// delivery does not carry a JetStream context of its own, which keeps
     /// it small to move.
     reply: Option<async_nats::Subject>,
+    /// Counts the body in its consumer's [`HeldBytes`] while it lives.
+    _held: Hold,
+}
+
+/// The bytes of message bodies one consumer holds: each delivery counts
+/// from receipt until it is dropped (settled, handed back or discarded),
+/// so no path can forget to give them back.
+#[derive(Debug, Clone, Default)]
+pub struct HeldBytes(Arc<AtomicUsize>);
+
+impl HeldBytes {
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn hold(&self, bytes: usize) -> Hold {
+        self.0.fetch_add(bytes, Ordering::Relaxed);
+        Hold {
+            counter: self.clone(),
+            bytes,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Hold {
+    counter: HeldBytes,
+    bytes: usize,
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.counter.0.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -65,9 +102,11 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
+    /// A message as a delivery, counted in `held` while it lives.
     pub fn from_message(
         stream: &Arc<str>,
         message: jetstream::Message,
+        held: &HeldBytes,
     ) -> Result<Self, SourceError> {
         let info = message
             .info()
@@ -79,6 +118,7 @@ impl Delivery {
         );
         let message = message.message;
         Ok(Self {
+            _held: held.hold(message.payload.len()),
             reply: message.reply,
             stream: Arc::clone(stream),
             subject: message.subject,
@@ -168,10 +208,12 @@ pub async fn bind(
         })
 }
 
-/// The consumer's messages, pulled in batches with heartbeats.
+/// The consumer's messages, pulled in batches of at most `batch_bytes` with
+/// heartbeats.
 pub async fn messages(
     consumer: &PullConsumer,
     settings: &ConsumerSettings,
+    batch_bytes: usize,
     name: &str,
 ) -> Result<pull::Stream, SourceError> {
     let batch = usize::try_from(settings.max_ack_pending)
@@ -180,6 +222,7 @@ pub async fn messages(
     consumer
         .stream()
         .max_messages_per_batch(batch)
+        .max_bytes_per_batch(batch_bytes)
         .group(PRIORITY_GROUP)
         .heartbeat(settings.pull_expiry() / 2)
         .expires(settings.pull_expiry())

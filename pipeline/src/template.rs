@@ -1,10 +1,15 @@
 //! Subject and key templates such as `projections.orders.{aggregate_id}`:
 //! parsed once at start-up, rendered per event without allocation beyond the
 //! result.
+//!
+//! **Invariant:** a rendered subject is one NATS accepts: event fields are
+//! outside input, so every value is checked before anything is sent (a
+//! subject the server refuses would close the connection shared by every
+//! consumer).
 
 use std::fmt;
 
-use crate::envelope::Envelope;
+use crate::{envelope::Envelope, text};
 
 /// A placeholder a template may name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,6 +29,13 @@ impl Field {
         ("event_id", Field::EventId),
         ("source_subject", Field::SourceSubject),
     ];
+
+    fn name(self) -> &'static str {
+        Field::ALL
+            .iter()
+            .find(|(_, known)| *known == self)
+            .map_or("?", |(name, _)| name)
+    }
 
     fn value<'a>(self, envelope: &'a Envelope, source_subject: &'a str) -> &'a str {
         match self {
@@ -63,7 +75,14 @@ pub enum TemplateError {
     InvalidSubject(String),
     #[error("placeholder {{{field}}} renders an empty or invalid subject token: {value:?}")]
     InvalidValue { field: &'static str, value: String },
+    #[error("the rendered subject is {length} bytes, more than the {MAX_SUBJECT_LEN} allowed")]
+    TooLong { length: usize },
 }
+
+/// The longest subject (or KV key) a template may render. The server's
+/// protocol line holds 4,096 bytes with the reply subject and sizes; real
+/// subjects are far shorter, so a longer one is bad input, not a name.
+pub const MAX_SUBJECT_LEN: usize = 1024;
 
 impl Template {
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
@@ -106,29 +125,44 @@ impl Template {
         Ok(template)
     }
 
-    /// Renders a subject: every placeholder must give a non-empty value that
-    /// keeps the subject valid (no spaces, no wildcards).
+    /// Renders a subject: every placeholder must give exactly one valid token
+    /// (`{source_subject}` a valid subject), and the result must fit
+    /// [`MAX_SUBJECT_LEN`]. A value with a `.` would add tokens the template
+    /// does not have, so it is refused like a space or a wildcard.
     pub fn render_subject(
         &self,
         envelope: &Envelope,
         source_subject: &str,
     ) -> Result<String, TemplateError> {
+        let mut length = 0;
         for part in &self.parts {
-            if let Part::Field(field) = part {
-                let value = field.value(envelope, source_subject);
-                if value.is_empty() || !value.split('.').all(is_valid_token) {
-                    let name = Field::ALL
-                        .iter()
-                        .find(|(_, known)| known == field)
-                        .map_or("?", |(name, _)| name);
-                    return Err(TemplateError::InvalidValue {
-                        field: name,
-                        value: value.to_owned(),
-                    });
+            match part {
+                Part::Literal(text) => length += text.len(),
+                Part::Field(field) => {
+                    let value = field.value(envelope, source_subject);
+                    let valid = match field {
+                        Field::SourceSubject => is_valid_subject(value),
+                        _ => is_valid_token(value),
+                    };
+                    if !valid {
+                        return Err(TemplateError::InvalidValue {
+                            field: field.name(),
+                            value: text::cut(value, text::QUOTED_CHARS).into_owned(),
+                        });
+                    }
+                    length += value.len();
                 }
             }
         }
+        if length > MAX_SUBJECT_LEN {
+            return Err(TemplateError::TooLong { length });
+        }
         Ok(self.render_with(|field| field.value(envelope, source_subject)))
+    }
+
+    /// Whether the template names any placeholder.
+    pub fn has_placeholders(&self) -> bool {
+        self.parts.iter().any(|part| matches!(part, Part::Field(_)))
     }
 
     fn render_with<'a>(&self, value: impl Fn(Field) -> &'a str) -> String {
@@ -149,10 +183,13 @@ impl fmt::Display for Template {
     }
 }
 
+/// A subject token: printable ASCII without `.`, `*` or `>` (so no space,
+/// no NUL, no control character).
 fn is_valid_token(token: &str) -> bool {
     !token.is_empty()
-        && !token.contains(|c: char| c.is_whitespace() || c == '*' || c == '>')
-        && token.is_ascii()
+        && token
+            .bytes()
+            .all(|byte| byte.is_ascii_graphic() && !matches!(byte, b'.' | b'*' | b'>'))
 }
 
 /// A concrete subject: dot-separated non-empty tokens, no wildcards.
@@ -206,6 +243,44 @@ mod tests {
             Template::parse_subject("a b.{aggregate_id}"),
             Err(TemplateError::InvalidSubject(_))
         ));
+    }
+
+    #[test]
+    fn rendering_refuses_what_nats_cannot_take() {
+        let json = serde_json::json!({
+            "eventId": "e-1", "eventType": "orders.OrderCreated", "schemaVersion": 2,
+            "aggregateId": "o-1", "occurredAt": "2026-01-02T03:04:05Z",
+            "payload": { "orderId": "o-1" }
+        });
+        let base = crate::envelope::tests::example_decoder()
+            .decode(Some("application/json"), json.to_string().as_bytes())
+            .expect("valid");
+        let template = Template::parse_subject("x.{aggregate_id}").expect("template");
+        let render = |id: &str| {
+            let mut envelope = base.clone();
+            envelope.aggregate_id = id.to_owned();
+            template.render_subject(&envelope, "orders.created")
+        };
+        assert_eq!(render("o-1").as_deref(), Ok("x.o-1"));
+        for id in ["a.b", "a b", "a\0b", "a*", ">", "tab\t", "é", "a\x7f"] {
+            assert!(
+                matches!(render(id), Err(TemplateError::InvalidValue { .. })),
+                "{id:?}"
+            );
+        }
+        let long = "a".repeat(5_000);
+        assert_eq!(render(&long), Err(TemplateError::TooLong { length: 5_002 }));
+        assert!(render(&"a".repeat(MAX_SUBJECT_LEN - 2)).is_ok());
+        // An error quotes a bounded part of the value.
+        let dotted_long = format!("{long}.x");
+        let error = render(&dotted_long).expect_err("invalid").to_string();
+        assert!(error.len() < 200, "{error}");
+        // `{source_subject}` stands for a whole subject.
+        let by_source = Template::parse_subject("copy.{source_subject}").expect("template");
+        assert_eq!(
+            by_source.render_subject(&base, "orders.created").as_deref(),
+            Ok("copy.orders.created")
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod check;
 mod core;
 mod delivery;
 mod dlq;
+mod hostile;
 mod http;
 mod kv;
 mod observability;

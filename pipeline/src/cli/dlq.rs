@@ -197,13 +197,8 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
 const MAX_CELL: usize = 64;
 const MAX_ERROR_CELL: usize = 80;
 
-/// `text` cut to at most `max` characters, marked with `...` when cut.
 fn cell(text: &str, max: usize) -> String {
-    if text.chars().count() <= max {
-        return text.to_owned();
-    }
-    let kept: String = text.chars().take(max.saturating_sub(3)).collect();
-    format!("{kept}...")
+    crate::text::cut(text, max).into_owned()
 }
 
 fn table(entries: &[Entry]) -> String {

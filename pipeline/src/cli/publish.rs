@@ -38,8 +38,15 @@ pub enum WireFormat {
 
 pub async fn run(config: Config, args: PublishArgs) -> Result<String, RunError> {
     let prepared = crate::prepare(config)?;
-    let subject = Template::parse(&args.subject)
+    // A stream stores only concrete subjects: a wildcard here is a mistake.
+    let subject = Template::parse_subject(&args.subject)
         .map_err(|err| RunError::Usage(format!("--subject: {err}")))?;
+    if args.raw && subject.has_placeholders() {
+        return Err(RunError::Usage(format!(
+            "--subject {:?}: --raw sends lines unread, so the subject cannot use placeholders",
+            args.subject
+        )));
+    }
     let lines = read_lines(args.file.as_deref())?;
     let client = nats::connect(&prepared.config.nats, Arc::new(Readiness::default())).await?;
     let jetstream = async_nats::jetstream::new(client.clone());

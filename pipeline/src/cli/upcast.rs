@@ -54,8 +54,7 @@ pub fn upcast_json(
     args: &UpcastArgs,
     input: &[u8],
 ) -> Result<serde_json::Value, UpcastCommandError> {
-    let document: serde_json::Value =
-        serde_json::from_slice(input).map_err(|err| UpcastCommandError::Json(err.to_string()))?;
+    let document = crate::strict_json::parse(input).map_err(UpcastCommandError::Json)?;
     let is_envelope = document.get("payload").is_some()
         && (document.get("eventType").is_some() || document.get("event_type").is_some());
     if is_envelope {

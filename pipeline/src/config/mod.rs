@@ -65,6 +65,7 @@ pub struct Config {
     pub routes: Vec<RouteSpec>,
     pub dead_letter: raw::DeadLetterConfig,
     pub metrics: MetricsSettings,
+    pub limits: raw::LimitsConfig,
     /// Upcaster chains per event type, as written under `upcasters:`.
     pub upcasters: BTreeMap<String, serde_json::Value>,
     /// One entry per (source, sink) pair that some route connects.

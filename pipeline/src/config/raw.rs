@@ -24,6 +24,8 @@ pub struct RawConfig {
     pub dead_letter: DeadLetterConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub limits: LimitsConfig,
     /// Upcaster chains per event type (checked against the schemas at start-up).
     #[serde(default)]
     pub upcasters: BTreeMap<String, serde_json::Value>,
@@ -352,6 +354,39 @@ fn default_metrics_listen() -> String {
 
 fn default_lag_poll_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// Bounds that keep one message, or a backlog of large ones, from making
+/// Jetline allocate without limit (`limits:`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// A larger message is dead-lettered as `too_large` without being
+    /// decoded (default 1048576, 1 MiB).
+    #[serde(default = "default_max_message_bytes")]
+    pub max_message_bytes: usize,
+    /// Bytes of messages each consumer holds received but not yet settled
+    /// (default 67108864, 64 MiB): past it, the consumer stops pulling until
+    /// events settle.
+    #[serde(default = "default_max_bytes_in_flight")]
+    pub max_bytes_in_flight: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_message_bytes: default_max_message_bytes(),
+            max_bytes_in_flight: default_max_bytes_in_flight(),
+        }
+    }
+}
+
+fn default_max_message_bytes() -> usize {
+    1 << 20
+}
+
+fn default_max_bytes_in_flight() -> usize {
+    64 << 20
 }
 
 /// A humantime duration (`30s`, `200ms`, `1m 30s`).

@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::{
     Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, PipelineSpec,
     RetryPolicy, RouteSpec, SinkKind, SinkSpec,
-    raw::{self, ConsumerOverrides, RawConfig, SINK_COMMON_KEYS},
+    raw::{self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS},
 };
 use crate::template::{Template, is_valid_subject, is_valid_subject_pattern};
 
@@ -115,6 +115,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         ));
     }
 
+    check_limits(&mut errors, &raw.limits);
+
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
     }
@@ -130,9 +132,33 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             listen: listen.unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 9464))),
             lag_poll_interval: raw.metrics.lag_poll_interval,
         },
+        limits: raw.limits,
         upcasters: raw.upcasters,
         pipelines,
     })
+}
+
+/// The smallest message limit accepted: an envelope's fixed fields alone
+/// take a few hundred bytes.
+const MIN_MESSAGE_BYTES: usize = 1024;
+
+fn check_limits(errors: &mut Vec<ConfigError>, limits: &LimitsConfig) {
+    if limits.max_message_bytes < MIN_MESSAGE_BYTES {
+        errors.push(ConfigError::new(
+            "limits.max_message_bytes",
+            format!("must be at least {MIN_MESSAGE_BYTES}"),
+        ));
+    }
+    // One message of the largest size must fit, or a consumer would stall.
+    if limits.max_bytes_in_flight < limits.max_message_bytes {
+        errors.push(ConfigError::new(
+            "limits.max_bytes_in_flight",
+            format!(
+                "must be at least limits.max_message_bytes ({})",
+                limits.max_message_bytes
+            ),
+        ));
+    }
 }
 
 const SINK_TYPES: &str = "jetstream, kv, postgres, http, custom";

@@ -5,8 +5,10 @@
 //! server-interpreted `Nats-*` headers are kept under `Jetline-Dlq-Orig-*`
 //! (a producer's `Nats-Msg-Id` or `Nats-Expected-*` would otherwise make the
 //! dead-letter publish deduplicate or fail). Its own `Nats-Msg-Id` is
-//! `<sink>:<stream>:<seq>:<attempts>`, so a retried dead-letter publish is
-//! stored once.
+//! `<sink>:<stream>:<seq>`: one event has one entry per sink, also when a
+//! dead-letter publish timed out after the server stored it and the
+//! redelivered event is dead-lettered again (within the stream's duplicate
+//! window).
 
 mod store;
 
@@ -29,10 +31,11 @@ pub enum DeadLetterReason {
     SinkRejected,
     MaxAttempts,
     ParkedAfterFailure,
+    TooLarge,
 }
 
 impl DeadLetterReason {
-    pub const ALL: [DeadLetterReason; 7] = [
+    pub const ALL: [DeadLetterReason; 8] = [
         DeadLetterReason::InvalidEnvelope,
         DeadLetterReason::UnknownType,
         DeadLetterReason::InvalidPayload,
@@ -40,6 +43,7 @@ impl DeadLetterReason {
         DeadLetterReason::SinkRejected,
         DeadLetterReason::MaxAttempts,
         DeadLetterReason::ParkedAfterFailure,
+        DeadLetterReason::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +55,7 @@ impl DeadLetterReason {
             DeadLetterReason::SinkRejected => "sink_rejected",
             DeadLetterReason::MaxAttempts => "max_attempts",
             DeadLetterReason::ParkedAfterFailure => "parked_after_failure",
+            DeadLetterReason::TooLarge => "too_large",
         }
     }
 
@@ -69,6 +74,9 @@ pub mod header {
     pub const SOURCE_SEQ: &str = "Jetline-Dlq-Source-Seq";
     pub const TIME: &str = "Jetline-Dlq-Time";
     pub const ATTEMPTS: &str = "Jetline-Dlq-Attempts";
+    /// On an entry whose original was too large to store whole: its length
+    /// in bytes (the entry keeps its first 64 KiB).
+    pub const TRUNCATED_FROM: &str = "Jetline-Dlq-Truncated-From";
     /// Prefix under which a producer's `Nats-*` headers are kept.
     pub const ORIGINAL_PREFIX: &str = "Jetline-Dlq-Orig-";
     /// Prefix of every header Jetline adds to an entry.
@@ -114,6 +122,9 @@ pub struct DeadLetters {
     stream: String,
     subject_prefix: String,
 }
+
+/// How much of an original too large to store beside its headers is kept.
+const TRUNCATED_BODY_LEN: usize = 64 * 1024;
 
 /// Longest error text kept in a header; headers are not for essays.
 const MAX_ERROR_LEN: usize = 1024;
@@ -161,14 +172,50 @@ impl DeadLetters {
             letter.reason.as_str()
         );
         let headers = entry_headers(letter);
+        let stored = self.store(&subject, &headers, letter).await;
+        match stored {
+            // Deleted under a running process: created again, as at start.
+            Err(error) if error.kind() == jetstream::context::PublishErrorKind::StreamNotFound => {
+                self.ensure_stream().await?;
+                self.store(&subject, &headers, letter)
+                    .await
+                    .map_err(|error| DeadLetterError::Publish(error.to_string()))
+            }
+            // The original with the entry's headers is over the server's
+            // limit: keep its start, and say how long it was.
+            Err(error)
+                if error.kind() == jetstream::context::PublishErrorKind::MaxPayloadExceeded =>
+            {
+                let mut headers = headers;
+                headers.insert(
+                    header::TRUNCATED_FROM,
+                    letter.body.len().to_string().as_str(),
+                );
+                let cut = DeadLetter {
+                    body: letter
+                        .body
+                        .slice(..letter.body.len().min(TRUNCATED_BODY_LEN)),
+                    ..letter.clone()
+                };
+                self.store(&subject, &headers, &cut)
+                    .await
+                    .map_err(|error| DeadLetterError::Publish(error.to_string()))
+            }
+            other => other.map_err(|error| DeadLetterError::Publish(error.to_string())),
+        }
+    }
+
+    async fn store(
+        &self,
+        subject: &str,
+        headers: &HeaderMap,
+        letter: &DeadLetter<'_>,
+    ) -> Result<(), jetstream::context::PublishError> {
         let ack = self
             .jetstream
-            .publish_with_headers(subject, headers, letter.body.clone())
-            .await
-            .map_err(|err| DeadLetterError::Publish(err.to_string()))?;
-        ack.await
-            .map(|_| ())
-            .map_err(|err| DeadLetterError::Publish(err.to_string()))
+            .publish_with_headers(subject.to_owned(), headers.clone(), letter.body.clone())
+            .await?;
+        ack.await.map(|_| ())
     }
 }
 
@@ -199,9 +246,10 @@ fn entry_headers(letter: &DeadLetter<'_>) -> HeaderMap {
     headers.insert(header::SOURCE_SEQ, letter.source_seq.to_string().as_str());
     headers.insert(header::TIME, now.as_str());
     headers.insert(header::ATTEMPTS, letter.attempts.to_string().as_str());
+    // Not the attempt: a later attempt's entry is the same entry.
     let id = format!(
-        "{}:{}:{}:{}",
-        letter.sink, letter.source_stream, letter.source_seq, letter.attempts
+        "{}:{}:{}",
+        letter.sink, letter.source_stream, letter.source_seq
     );
     headers.insert("Nats-Msg-Id", id.as_str());
     headers
@@ -254,7 +302,16 @@ mod tests {
         let headers = entry_headers(&letter);
         assert_eq!(
             headers.get("Nats-Msg-Id").map(|v| v.as_str()),
-            Some("s:ORDERS:7:1")
+            Some("s:ORDERS:7")
+        );
+        let later_attempt = entry_headers(&DeadLetter {
+            attempts: 3,
+            ..letter.clone()
+        });
+        assert_eq!(
+            later_attempt.get("Nats-Msg-Id"),
+            headers.get("Nats-Msg-Id"),
+            "a later attempt's dead letter is the same entry"
         );
         assert_eq!(
             headers

@@ -122,6 +122,10 @@ pub enum SinkError {
     Environment { variable: String, key: String },
     #[error("{0}")]
     Setup(String),
+    /// The sink's code panicked: a bug, but one event's, so that event is
+    /// retried and then dead-lettered while the process goes on.
+    #[error("the sink panicked: {0}")]
+    Panicked(String),
 }
 
 impl SinkError {
@@ -148,6 +152,7 @@ impl SinkError {
             SinkError::HttpUnavailable { .. } => ErrorClass::Transient,
             SinkError::Environment { .. } => ErrorClass::Permanent,
             SinkError::Setup(_) => ErrorClass::Permanent,
+            SinkError::Panicked(_) => ErrorClass::Transient,
         }
     }
 

@@ -304,12 +304,15 @@ pub fn consumer_lag(source: &str, sink: &str, consumer: &str, lag: ConsumerLag) 
     gauge!(CONSUMER_LAG_SECONDS, &labels).set(lag.lag_seconds);
 }
 
-/// What `/readyz` reports: connected to NATS and every consumer bound.
+/// What `/readyz` reports: connected to NATS, every consumer bound, and
+/// dead letters being stored.
 #[derive(Debug, Default)]
 pub struct Readiness {
     connected: AtomicBool,
     bound: AtomicUsize,
     expected: AtomicUsize,
+    /// Why the last dead letter could not be stored, until one is.
+    dead_letter_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Readiness {
@@ -326,6 +329,21 @@ impl Readiness {
         self.bound.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A dead letter could not be stored: events that need one wait.
+    pub fn dead_letter_failed(&self, error: &str) {
+        if let Ok(mut failure) = self.dead_letter_failure.lock() {
+            *failure = Some(error.to_owned());
+        }
+    }
+
+    pub fn dead_letter_stored(&self) {
+        if let Ok(mut failure) = self.dead_letter_failure.lock()
+            && failure.is_some()
+        {
+            *failure = None;
+        }
+    }
+
     /// `Ok` when ready, else the reason.
     pub fn check(&self) -> Result<(), String> {
         if !self.connected.load(Ordering::Relaxed) {
@@ -337,6 +355,11 @@ impl Readiness {
         );
         if bound < expected {
             return Err(format!("{bound} of {expected} consumers bound"));
+        }
+        if let Ok(failure) = self.dead_letter_failure.lock()
+            && let Some(error) = failure.as_ref()
+        {
+            return Err(format!("dead letters cannot be stored: {error}"));
         }
         Ok(())
     }
