@@ -15,6 +15,8 @@ use axum::{
     routing::post,
 };
 
+use crate::support::serve_on_loopback;
+
 type Counts = Arc<Mutex<HashMap<String, u64>>>;
 
 pub struct Receiver {
@@ -27,17 +29,11 @@ impl Receiver {
     /// Serves `POST /hook/{round}` on a free loopback port, in the
     /// benchmark's own runtime (the raw programs run in another).
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let address = listener.local_addr().expect("bound");
         let counts = Counts::default();
         let app = Router::new()
             .route("/hook/{round}", post(count))
             .with_state(Arc::clone(&counts));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let address = serve_on_loopback(app).await;
         Self {
             base: format!("http://{address}/hook"),
             counts,

@@ -19,7 +19,9 @@ use serde_json::Value;
 
 use super::{
     model::{Content, Expected, Model},
-    world::{BUCKET, COPY, COUNTS, DEAD_LETTER_STREAM, HOOK, OUTPUT_STREAM, ROWS, TABLE, World},
+    world::{
+        BUCKET, COPY, COUNTS, DEAD_LETTER_STREAM, HOOK, OUTPUT_STREAM, ROWS, Recovery, TABLE, World,
+    },
 };
 
 /// What one sink holds: the event ids it applied, in the order it applied
@@ -154,6 +156,23 @@ impl Report {
         }
     }
 
+    /// The checks and the note of a fault's end (`fault_end`: what ended it).
+    pub fn recovery(&mut self, fault_end: &str, recovery: &Recovery) {
+        self.check(
+            recovery.recovered.is_some(),
+            format!("no sink progress within 120 s of {fault_end}"),
+        );
+        self.check(
+            recovery.settled,
+            "the sinks did not settle every message".into(),
+        );
+        self.note(format!(
+            "time to recover ({fault_end} to every sink settling again): {}; all settled {:.1} s after the start",
+            seconds(recovery.recovered),
+            recovery.elapsed.as_secs_f64()
+        ));
+    }
+
     /// Prints the table and fails the test if anything differed.
     pub fn finish(self) {
         let mut out = String::new();
@@ -255,7 +274,10 @@ fn tally(model: &Model, view: &SinkView, letters: &[Letter]) -> Row {
         let outcomes = times_applied + reasons.len();
         if outcomes == 0 {
             row.missing += 1;
-            row.example(format!("seq {} neither applied nor dead-lettered", message.seq));
+            row.example(format!(
+                "seq {} neither applied nor dead-lettered",
+                message.seq
+            ));
         }
         if outcomes > 1 {
             row.duplicates += outcomes - 1;
@@ -309,7 +331,10 @@ fn tally(model: &Model, view: &SinkView, letters: &[Letter]) -> Row {
             && good.n <= last
         {
             row.order_violations += 1;
-            row.example(format!("{} applied after event {last} of its aggregate", good.event_id));
+            row.example(format!(
+                "{} applied after event {last} of its aggregate",
+                good.event_id
+            ));
         }
         let last = last_n.entry(good.aggregate_id.as_str()).or_insert(good.n);
         *last = (*last).max(good.n);

@@ -23,8 +23,7 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut world = World::start("").await;
-    world.publish(world.size.events, PoisonMix::None).await;
+    let world = World::with_stream("", PoisonMix::None).await;
     let last = world.model.last_seq();
     let mut points: Vec<u64> = (0..KILLS)
         .map(|_| rng.random_range(last / 20..=last * 9 / 10))
@@ -45,7 +44,10 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
         })
         .await;
         if !reached {
-            stuck = Some(format!("kill {}: the sinks never reached sequence {point}", kill + 1));
+            stuck = Some(format!(
+                "kill {}: the sinks never reached sequence {point}",
+                kill + 1
+            ));
             break;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
@@ -58,7 +60,10 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
         {
             Some(took) => recoveries.push(took),
             None => {
-                stuck = Some(format!("kill {}: no sink progress within 120 s of the restart", kill + 1));
+                stuck = Some(format!(
+                    "kill {}: no sink progress within 120 s of the restart",
+                    kill + 1
+                ));
                 break;
             }
         }

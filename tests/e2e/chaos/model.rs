@@ -115,8 +115,8 @@ impl Poison {
             }
             Poison::DeepJson => {
                 let depth = 100_000;
-                let document = serde_json::to_vec(&created(cents_payload(aggregate_id, 100)))
-                    .expect("json");
+                let document =
+                    serde_json::to_vec(&created(cents_payload(aggregate_id, 100))).expect("json");
                 // `"metadata": [[[...]]]` just before the closing brace.
                 let mut body = document[..document.len() - 1].to_vec();
                 body.extend(b",\"metadata\":");
@@ -338,7 +338,7 @@ fn good_message(good: &Good, index: usize) -> Outgoing {
         &good.aggregate_id,
         payload,
     );
-    if index % 2 == 0 {
+    if index.is_multiple_of(2) {
         Outgoing::json(&subject, &document)
     } else {
         Outgoing::binary(&subject, &document)

@@ -48,8 +48,7 @@ impl Sink for PanickingSink {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run by scripts/chaos"]
 async fn chaos_panicking_sink_is_contained() {
-    let mut world = World::start("").await;
-    world.publish(world.size.events, PoisonMix::None).await;
+    let mut world = World::with_stream("", PoisonMix::None).await;
     // The third event of the second aggregate, so that later ones follow it.
     let panics_on = "ev-0001-00002".to_owned();
     let aggregate_count = world.size.aggregates;

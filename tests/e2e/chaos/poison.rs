@@ -16,8 +16,7 @@ use super::{
 async fn chaos_poison_is_dead_lettered_once_per_sink_while_good_events_flow() {
     // The 10 MB event must reach the stream (and its dead letters the
     // dead-letter stream): above the server's default 1 MB limit.
-    let mut world = World::start("max_payload: 16MB\n").await;
-    world.publish(world.size.events, PoisonMix::Every).await;
+    let world = World::with_stream("max_payload: 16MB\n", PoisonMix::Every).await;
     let jetline = world.start_process(&world.yaml("", &[]));
     let started = Instant::now();
     let settled = world.until_settled(&SINKS).await;

@@ -18,6 +18,8 @@ use axum::{
     routing::post,
 };
 
+use crate::support::serve_on_loopback;
+
 /// How the receiver answers right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Answering {
@@ -25,7 +27,9 @@ pub enum Answering {
     /// 503 to every request.
     Unavailable,
     /// 429 with `Retry-After: <seconds>`.
-    Throttled { retry_after_secs: u64 },
+    Throttled {
+        retry_after_secs: u64,
+    },
 }
 
 /// One applied request.
@@ -81,10 +85,6 @@ pub struct Receiver {
 
 impl Receiver {
     pub async fn start() -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("a free port");
-        let address = listener.local_addr().expect("bound");
         let shared = Shared {
             behaviour: Arc::new(Mutex::new(Behaviour {
                 answering: Answering::Normally,
@@ -95,9 +95,7 @@ impl Receiver {
         let app = Router::new()
             .route("/hook", post(hook))
             .with_state(shared.clone());
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        let address = serve_on_loopback(app).await;
         Self {
             url: format!("http://{address}/hook"),
             shared,

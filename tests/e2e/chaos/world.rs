@@ -17,7 +17,7 @@ use super::{
 };
 use crate::support::{
     NatsServer, Postgres, Process, config_yaml, consumer_settled, create_stream, free_port,
-    http_get,
+    http_get, poll_until,
 };
 
 pub const SOURCE_STREAM: &str = "CHAOS";
@@ -101,7 +101,11 @@ impl World {
         params: [event_id, aggregate_id, payload.total_amount_cents]
   {HOOK}: {{ type: http, url: '{}', timeout: 10s{} }}",
             self.receiver.url,
-            if hook_settings.is_empty() { String::new() } else { format!(", {hook_settings}") }
+            if hook_settings.is_empty() {
+                String::new()
+            } else {
+                format!(", {hook_settings}")
+            }
         );
         let mut names: Vec<&str> = SINKS.to_vec();
         for (name, block) in extra_sinks {
@@ -136,6 +140,13 @@ dead_letter: {{ stream: {DEAD_LETTER_STREAM}, subject_prefix: {DEAD_LETTER_PREFI
             "listen: \"127.0.0.1:0\"",
             &format!("listen: \"127.0.0.1:{}\"", self.metrics_port),
         )
+    }
+
+    /// [`World::start`], with the whole stream (`size.events`) published.
+    pub async fn with_stream(nats_settings: &str, poison: PoisonMix) -> Self {
+        let mut world = Self::start(nats_settings).await;
+        world.publish(world.size.events, poison).await;
+        world
     }
 
     /// Generates and publishes the next `count` messages of the stream.
@@ -213,7 +224,12 @@ dead_letter: {{ stream: {DEAD_LETTER_STREAM}, subject_prefix: {DEAD_LETTER_PREFI
     /// Waits until every sink has settled something beyond where it stood
     /// when called (or everything); the time since `since`, or `None` when
     /// that did not happen within `timeout`.
-    pub async fn recovered(&self, sinks: &[&str], since: Instant, timeout: Duration) -> Option<Duration> {
+    pub async fn recovered(
+        &self,
+        sinks: &[&str],
+        since: Instant,
+        timeout: Duration,
+    ) -> Option<Duration> {
         let last = self.model.last_seq();
         let start = loop {
             if let Some(floors) = self.ack_floors(sinks).await {
@@ -236,14 +252,38 @@ dead_letter: {{ stream: {DEAD_LETTER_STREAM}, subject_prefix: {DEAD_LETTER_PREFI
         advanced.then(|| since.elapsed())
     }
 
+    /// After a fault that ended at `cleared`: waits until every sink moves
+    /// again, then until the run settles.
+    pub async fn recover(&self, started: Instant, cleared: Instant) -> Recovery {
+        let recovered = self
+            .recovered(&SINKS, cleared, Duration::from_secs(120))
+            .await;
+        Recovery {
+            recovered,
+            settled: self.until_settled(&SINKS).await,
+            elapsed: started.elapsed(),
+        }
+    }
+
     /// Waits until every sink settled at least `share` of what was published.
     pub async fn until_progress(&self, share: f64) -> bool {
         let target = (self.model.last_seq() as f64 * share) as u64;
         wait_until(Duration::from_secs(300), || async {
-            self.slowest_floor(&SINKS).await.is_some_and(|floor| floor >= target)
+            self.slowest_floor(&SINKS)
+                .await
+                .is_some_and(|floor| floor >= target)
         })
         .await
     }
+}
+
+/// How a run went on after its fault ended.
+pub struct Recovery {
+    /// From the fault's end until every sink settled something new.
+    pub recovered: Option<Duration>,
+    pub settled: bool,
+    /// From the start of the run until it settled.
+    pub elapsed: Duration,
 }
 
 /// The durable consumer of `sink` on the chaos source.
@@ -258,14 +298,10 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() > deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    poll_until(timeout, Duration::from_millis(100), || {
+        let holds = check();
+        async move { holds.await.then_some(()) }
+    })
+    .await
+    .is_some()
 }

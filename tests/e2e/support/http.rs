@@ -127,6 +127,19 @@ impl Webhook {
     }
 }
 
+/// Serves `app` on a free loopback port until the runtime ends; returns
+/// its address.
+pub async fn serve_on_loopback(app: Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a free port");
+    let address = listener.local_addr().expect("bound");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    address
+}
+
 impl Drop for Webhook {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {

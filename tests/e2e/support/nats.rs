@@ -79,7 +79,11 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
-            .args(self.settings.iter().flat_map(|path| [Path::new("-c"), path]))
+            .args(
+                self.settings
+                    .iter()
+                    .flat_map(|path| [Path::new("-c"), path]),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
