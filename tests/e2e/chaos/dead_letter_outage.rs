@@ -14,13 +14,15 @@ use serde_json::Value;
 use super::{
     accounting::Report,
     model::{Content, PoisonMix},
-    world::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, SINKS, World},
+    world::{DEAD_LETTER_PREFIX, DEAD_LETTER_STREAM, SINKS, World, wait_until},
 };
 
 const OUTAGE: Duration = Duration::from_secs(10);
 
 /// What one phase of the outage showed.
 struct Phase {
+    /// Whether every sink came to the phase's first poison.
+    reached_poison: bool,
     /// `/readyz` polls, and those answering 503 with a reason naming the
     /// dead letters.
     polls: usize,
@@ -95,6 +97,12 @@ async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
 
     let mut report = Report::new("chaos_dead_letter_outage", &world);
     report.check(ready, "/readyz not 200 before the outage".into());
+    for (name, phase) in [("deleted", &deleted), ("full", &full)] {
+        report.check(
+            phase.reached_poison,
+            format!("stream {name}: the sinks never came to the phase's first poison"),
+        );
+    }
     report.check(
         recreated,
         "Jetline did not create the deleted dead-letter stream again".into(),
@@ -139,8 +147,9 @@ async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
 }
 
 /// Publishes `count` messages with 1% garbage while the dead-letter stream
-/// is unavailable, and watches `/readyz`, the logs and the ack floors for
-/// [`OUTAGE`].
+/// is unavailable, waits until every sink has come to the first poison
+/// (settled everything before it), and from then watches `/readyz`, the
+/// logs and the ack floors for [`OUTAGE`].
 async fn phase(world: &mut World, count: usize) -> Phase {
     let log_start = std::fs::metadata(world.log_path()).map_or(0, |meta| meta.len()) as usize;
     let first = world.model.published.len();
@@ -148,7 +157,14 @@ async fn phase(world: &mut World, count: usize) -> Phase {
     let first_poison = world.model.published[first..]
         .iter()
         .find(|message| matches!(message.content, Content::Poison { .. }))
-        .map(|message| message.seq);
+        .map_or(0, |message| message.seq);
+    let reached_poison = wait_until(world.settle_timeout(), || async {
+        world
+            .slowest_floor(&SINKS)
+            .await
+            .is_some_and(|floor| floor + 1 >= first_poison)
+    })
+    .await;
     let since = Instant::now();
     let (mut polls, mut unready) = (0, 0);
     while since.elapsed() < OUTAGE {
@@ -164,7 +180,7 @@ async fn phase(world: &mut World, count: usize) -> Phase {
     let terminated_early = SINKS
         .iter()
         .zip(floors)
-        .filter(|(_, floor)| first_poison.is_some_and(|poison| *floor >= poison))
+        .filter(|(_, floor)| *floor >= first_poison)
         .map(|(sink, _)| sink.to_string())
         .collect();
     let log = std::fs::read_to_string(world.log_path()).unwrap_or_default();
@@ -182,6 +198,7 @@ async fn phase(world: &mut World, count: usize) -> Phase {
         })
         .collect();
     Phase {
+        reached_poison,
         polls,
         unready_for_dead_letters: unready,
         log_lines: lines.len(),
