@@ -357,6 +357,7 @@ impl SpawnContext<'_> {
                 dead_letters: self.dead_letters.clone(),
                 readiness: Arc::clone(self.readiness),
                 limits: config.limits.clone(),
+                parked: std::sync::OnceLock::new(),
             });
             consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }

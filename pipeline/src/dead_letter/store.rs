@@ -223,6 +223,11 @@ impl DeadLetters {
 }
 
 /// The sink a redriven delivery is meant for, if it names one.
+/// Whether a message is an event redriven from the dead-letter stream.
+pub fn is_redriven(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|headers| headers.get(header::HISTORY).is_some())
+}
+
 pub fn redrive_sink(headers: Option<&HeaderMap>) -> Option<&str> {
     headers?
         .get(header::REDRIVE_SINK)
