@@ -89,8 +89,11 @@ async fn options(
             async move {
                 match event {
                     Event::Connected => readiness.set_connected(true),
-                    Event::Disconnected => readiness.set_connected(false),
-                    other => tracing::info!(event = %other, "NATS connection event"),
+                    Event::Disconnected => {
+                        readiness.set_connected(false);
+                        tracing::warn!("Disconnected from NATS; reconnecting");
+                    }
+                    other => tracing::warn!(event = %other, "NATS connection event"),
                 }
             }
         }))

@@ -192,6 +192,14 @@ impl DeadLetters {
                 header: header::SOURCE_SUBJECT,
             })?
             .to_owned();
+        // Only the start of the original was kept: republishing it would
+        // be a different, broken event.
+        if let Some(length) = entry.header(header::TRUNCATED_FROM) {
+            return Err(DeadLetterError::Redrive {
+                seq: entry.seq,
+                message: format!("the entry keeps only the start of its {length}-byte original"),
+            });
+        }
         let mut headers = entry.original_headers();
         headers.insert(header::HISTORY, entry.history().as_str());
         match target {
