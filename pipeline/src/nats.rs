@@ -4,7 +4,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use async_nats::{ConnectOptions, Event, ServerAddr};
+use async_nats::{ConnectOptions, Event};
 
 use crate::{RunError, config::raw::NatsConfig, telemetry::Readiness};
 
@@ -13,7 +13,8 @@ pub async fn connect(
     readiness: Arc<Readiness>,
 ) -> Result<async_nats::Client, RunError> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
-    let servers = server_list(&config.url)?;
+    let servers = crate::config::raw::server_list(&config.url)
+        .map_err(|err| RunError::Connect(format!("nats.url {err}")))?;
     loop {
         let options = options(config, Arc::clone(&readiness)).await?;
         match options.connect(servers.as_slice()).await {
@@ -29,18 +30,6 @@ pub async fn connect(
             Err(error) => return Err(RunError::Connect(format!("{}: {error}", config.url))),
         }
     }
-}
-
-/// `nats.url`: one URL or a comma-separated seed list of a cluster.
-fn server_list(urls: &str) -> Result<Vec<ServerAddr>, RunError> {
-    urls.split(',')
-        .map(str::trim)
-        .filter(|url| !url.is_empty())
-        .map(|url| {
-            url.parse::<ServerAddr>()
-                .map_err(|err| RunError::Connect(format!("nats.url {url:?}: {err}")))
-        })
-        .collect()
 }
 
 async fn options(
@@ -97,17 +86,4 @@ async fn options(
                 }
             }
         }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_seed_list_gives_every_server() {
-        let servers = server_list("nats://127.0.0.1:4222, nats://127.0.0.1:4223").expect("a list");
-        let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
-        assert_eq!(ports, [4222, 4223]);
-        assert!(server_list("nats://127.0.0.1:notaport").is_err());
-    }
 }

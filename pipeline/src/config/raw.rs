@@ -389,6 +389,18 @@ fn default_max_bytes_in_flight() -> usize {
     64 << 20
 }
 
+/// `nats.url`: one URL or a comma-separated seed list of a cluster.
+pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|err| format!("{url:?}: {err}"))
+        })
+        .collect()
+}
+
 /// A humantime duration (`30s`, `200ms`, `1m 30s`).
 pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -416,4 +428,17 @@ fn optional_durations<'de, D: Deserializer<'de>>(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_list_gives_every_server() {
+        let servers = server_list("nats://127.0.0.1:4222, nats://127.0.0.1:4223").expect("a list");
+        let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
+        assert_eq!(ports, [4222, 4223]);
+        assert!(server_list("nats://127.0.0.1:notaport").is_err());
+    }
 }

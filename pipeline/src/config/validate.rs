@@ -35,6 +35,8 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
 
     if raw.nats.url.trim().is_empty() {
         errors.push(ConfigError::new("nats.url", "must not be empty"));
+    } else if let Err(message) = raw::server_list(&raw.nats.url) {
+        errors.push(ConfigError::new("nats.url", message));
     }
     if raw.nats.password.is_some() && raw.nats.user.is_none() {
         errors.push(ConfigError::new("nats.user", "a password needs a user"));
@@ -680,6 +682,21 @@ consumers:
                 "metrics.listen",
             ),
             ("nats:", "nats:\n  url: x\n  colour: blue\n", "nats.colour"),
+            (
+                "nats:",
+                "nats:\n  url: 'nats://127.0.0.1:4222,nats://127.0.0.1:port'\n",
+                "nats.url",
+            ),
+            (
+                "limits:",
+                "limits:\n  max_message_bytes: 10\n",
+                "limits.max_message_bytes",
+            ),
+            (
+                "limits:",
+                "limits:\n  max_message_bytes: 4096\n  max_bytes_in_flight: 1024\n",
+                "limits.max_bytes_in_flight",
+            ),
         ];
         for (section, replacement, expected_path) in cases {
             let text = replace_section(GOOD, section, replacement);
