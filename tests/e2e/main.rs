@@ -14,4 +14,5 @@ mod packaging;
 mod postgres;
 mod projections;
 mod replicas;
+mod security;
 mod upcast;
