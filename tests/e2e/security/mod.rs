@@ -5,8 +5,8 @@
 //! (`secrets`). Servers are real, configured in each test's directory.
 
 mod nats_auth;
-
-
+mod pg_tls;
+mod secrets;
 
 use std::{
     path::Path,
