@@ -4,7 +4,9 @@
 //! webhook whose URL and `Authorization` header come from the environment.
 //! The event reaches both sinks (so every secret was used), and none of the
 //! secret values appears in the debug logs of the run, its `/metrics`, or
-//! the output of `jetline check` and `jetline status`.
+//! the output of `jetline check` and `jetline status`. Nor does one in the
+//! errors of a run whose database refuses the password and whose webhook
+//! cannot be reached: not in the logs, not in the dead letters.
 
 use std::{path::Path, time::Duration};
 
@@ -84,7 +86,7 @@ fn nats_auths(dir: &Path) -> Vec<NatsAuth> {
 
 /// Source `<stream>.>` into a PostgreSQL sink and a webhook, their
 /// connection strings and header from `<stream>_*` variables.
-fn both_sinks_yaml(auth: &NatsAuth, stream: &str, metrics_port: u16) -> String {
+fn both_sinks_yaml(auth: &NatsAuth, stream: &str, metrics_port: u16, extra: &str) -> String {
     let table = stream.to_lowercase();
     let mut nats = format!("url: \"{}\"", auth.server.url());
     if !auth.keys.is_empty() {
@@ -108,6 +110,7 @@ sinks:
 routes:
   - {{ name: all, from: orders, to: [rows, hook] }}
 dead_letter: {{ stream: DLQ_{stream}, subject_prefix: dlq_{stream} }}
+{extra}
 "
     );
     config_yaml_nats(&nats, &body).replace(
@@ -178,7 +181,7 @@ async fn no_secret_appears_in_logs_check_status_or_metrics() {
         secrets.extend([PG_PASSWORD, HOOK_TOKEN, HOOK_KEY].map(str::to_owned));
 
         let metrics_port = free_port();
-        let yaml = both_sinks_yaml(&auth, &stream, metrics_port);
+        let yaml = both_sinks_yaml(&auth, &stream, metrics_port, "");
         let mut jetline = Process::start_logged(&yaml, &env, "debug");
         for sink in ["rows", "hook"] {
             let durable = format!("jetline-orders-{sink}");
@@ -240,4 +243,72 @@ async fn no_secret_appears_in_logs_check_status_or_metrics() {
         );
         assert_no_secret("the logs", &logs, &secrets);
     }
+
+    failures_show_no_secret(&pg, &ca).await;
+}
+
+/// The database refuses the password, the webhook's port is closed: the
+/// errors are logged and dead-lettered without the secrets.
+async fn failures_show_no_secret(pg: &Postgres, ca: &Ca) {
+    const WRONG_PASSWORD: &str = "wrong-Secret-9966";
+    let auth = NatsAuth {
+        name: "FAILING",
+        server: NatsServer::start(),
+        keys: String::new(),
+        env: Vec::new(),
+        secrets: Vec::new(),
+    };
+    let stream = "SECRET_FAILING";
+    let js = auth.server.jetstream().await;
+    create_stream(&js, stream, &[&format!("{stream}.>")]).await;
+    let event = created_v3(&format!("{stream}-0"), "order-failing", 1);
+    publish_all(
+        &js,
+        vec![Outgoing::binary(&format!("{stream}.created"), &event)],
+    )
+    .await;
+    let pg_url = format!(
+        "{}?sslmode=verify-full&sslrootcert={}",
+        pg.url().replace(PG_PASSWORD, WRONG_PASSWORD),
+        ca.cert.display()
+    );
+    let hook_url = format!("http://127.0.0.1:{}/hook?key={HOOK_KEY}", free_port());
+    let env = [
+        (format!("{stream}_PG_URL"), pg_url),
+        (format!("{stream}_HOOK_URL"), hook_url),
+        (format!("{stream}_HOOK_TOKEN"), HOOK_TOKEN.to_owned()),
+    ];
+    let env: Vec<(&str, &str)> = env
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
+        .collect();
+    let secrets = [WRONG_PASSWORD, PG_PASSWORD, HOOK_TOKEN, HOOK_KEY].map(str::to_owned);
+    let retry_once = "consumers: { retry: { max_attempts: 1 } }";
+    let yaml = both_sinks_yaml(&auth, stream, free_port(), retry_once);
+    let jetline = Process::start_logged(&yaml, &env, "debug");
+    let letters = eventually(Duration::from_secs(30), "both sinks dead-lettered", || {
+        let js = &js;
+        async move {
+            let dead_letters = format!("DLQ_{stream}");
+            if stream_count(js, &dead_letters).await < 2 {
+                return None;
+            }
+            Some(stream_messages(js, &dead_letters).await)
+        }
+    })
+    .await;
+    for letter in letters {
+        let headers: Vec<String> = letter
+            .headers
+            .iter()
+            .map(|(name, values)| format!("{name}: {values:?}"))
+            .collect();
+        let headers = headers.join("\n");
+        assert!(headers.contains("max_attempts"), "{headers}");
+        assert_no_secret("a dead letter", &headers, &secrets);
+    }
+    let logs = jetline.logs();
+    assert_eq!(jetline.terminate(), Some(0));
+    assert!(logs.contains("password authentication failed"), "{logs}");
+    assert_no_secret("the logs of failures", &logs, &secrets);
 }

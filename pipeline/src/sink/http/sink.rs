@@ -139,7 +139,8 @@ impl Sink for HttpSink {
             .body(body)
             .send()
             .await
-            .map_err(|err| request_error(&err))?;
+            // The URL may come from `url_env` with a secret in it.
+            .map_err(|err| request_error(&err.without_url()))?;
         let status = response.status();
         let retry_after = response
             .headers()
