@@ -69,17 +69,7 @@ pub async fn assert_copies_events(
     publish_events(server, stream, EVENTS).await;
     let mut jetline = Process::start_logged(&copy_yaml(nats, stream), env, "warn");
     let js = server.jetstream().await;
-    let durable = "jetline-orders-out";
-    eventually(Duration::from_secs(30), "every event copied", || {
-        let exited = jetline.exit_status();
-        let logs = jetline.logs();
-        let js = &js;
-        async move {
-            assert!(exited.is_none(), "jetline exited ({exited:?}):\n{logs}");
-            consumer_settled(js, stream, durable).await.then_some(())
-        }
-    })
-    .await;
+    settled_while_running(&mut jetline, &js, stream, "out").await;
     let copied = stream_messages(&js, &format!("{stream}_OUT")).await;
     let mut ids: Vec<String> = copied
         .iter()
@@ -89,6 +79,27 @@ pub async fn assert_copies_events(
     ids.sort();
     assert_eq!(ids, event_ids(stream, EVENTS), "each event copied once");
     assert_eq!(jetline.terminate(), Some(0), "a clean stop");
+}
+
+/// Waits until the consumer `jetline-orders-<sink>` settled all of
+/// `stream`; fails with Jetline's log as soon as it exits.
+pub async fn settled_while_running(
+    jetline: &mut Process,
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    sink: &str,
+) {
+    let durable = format!("jetline-orders-{sink}");
+    eventually(Duration::from_secs(30), "every event settled", || {
+        let exited = jetline.exit_status();
+        let logs = jetline.logs();
+        let durable = &durable;
+        async move {
+            assert!(exited.is_none(), "jetline exited ({exited:?}):\n{logs}");
+            consumer_settled(js, stream, durable).await.then_some(())
+        }
+    })
+    .await;
 }
 
 /// How a command of the binary ended.

@@ -103,61 +103,85 @@ async fn creds_file_in_operator_mode() {
     assert_copies_events(&server, &nats, &[], "AUTH_CREDS").await;
 }
 
-/// A server with TLS: `server` its certificate; with `client_ca`, it
-/// requires client certificates signed by that CA.
-fn tls_server(server: &Issued, client_ca: Option<&Path>, trusted: &Path) -> NatsServer {
-    let verify = client_ca
-        .map(|ca| format!("  ca_file: \"{}\"\n  verify: true\n", ca.display()))
-        .unwrap_or_default();
-    let config = format!(
-        "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n{verify}  timeout: 2\n}}\n",
-        server.cert.display(),
-        server.key.display()
-    );
-    let trusted = trusted.to_owned();
-    NatsServer::start_with_config(&config).with_client_options(move || {
-        ConnectOptions::new()
-            .require_tls(true)
-            .add_root_certificates(trusted.clone())
-    })
+/// A CA of the test's own, a nats-server with TLS whose certificate it
+/// signed (valid or not), and, for mutual TLS (`verify: true`), a client
+/// certificate for Jetline (valid or not) beside the test's own.
+struct TlsCase {
+    dir: tempfile::TempDir,
+    ca: Ca,
+    server: NatsServer,
+    client: Option<Issued>,
+}
+
+impl TlsCase {
+    fn new(server_validity: Validity, client_validity: Option<Validity>) -> Self {
+        let dir = tempfile::tempdir().expect("a directory");
+        let ca = Ca::new(dir.path(), "ca");
+        let cert = ca.issue(dir.path(), "server", Usage::Server, server_validity);
+        let mut config = format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n  timeout: 2\n",
+            cert.cert.display(),
+            cert.key.display()
+        );
+        let client = client_validity.map(|validity| {
+            config.push_str(&format!(
+                "  ca_file: \"{}\"\n  verify: true\n",
+                ca.cert.display()
+            ));
+            ca.issue(dir.path(), "client", Usage::Client, validity)
+        });
+        config.push_str("}\n");
+        let own = client_validity
+            .map(|_| ca.issue(dir.path(), "test-client", Usage::Client, Validity::Current));
+        let trusted = ca.cert.clone();
+        let server = NatsServer::start_with_config(&config).with_client_options(move || {
+            let options = ConnectOptions::new()
+                .require_tls(true)
+                .add_root_certificates(trusted.clone());
+            match &own {
+                Some(own) => options.add_client_certificate(own.cert.clone(), own.key.clone()),
+                None => options,
+            }
+        });
+        Self {
+            dir,
+            ca,
+            server,
+            client,
+        }
+    }
+
+    /// The `nats:` keys trusting `ca`, with the client certificate if any.
+    fn keys(&self, ca: &Path) -> String {
+        let client = self
+            .client
+            .as_ref()
+            .map(|client| {
+                format!(
+                    ", cert: {}, key: {}",
+                    quoted(&client.cert),
+                    quoted(&client.key)
+                )
+            })
+            .unwrap_or_default();
+        format!(
+            "url: \"{}\", tls: {{ ca: {}{client} }}",
+            self.server.url(),
+            quoted(ca)
+        )
+    }
 }
 
 #[tokio::test]
 async fn tls_with_a_custom_ca() {
-    let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", Usage::Server, Validity::Current);
-    let server = tls_server(&cert, None, &ca.cert);
-    let nats = format!(
-        "url: \"{}\", tls: {{ ca: {} }}",
-        server.url(),
-        quoted(&ca.cert)
-    );
-    assert_copies_events(&server, &nats, &[], "TLS_CA").await;
+    let case = TlsCase::new(Validity::Current, None);
+    assert_copies_events(&case.server, &case.keys(&case.ca.cert), &[], "TLS_CA").await;
 }
 
 #[tokio::test]
 async fn mutual_tls_with_a_client_certificate() {
-    let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", Usage::Server, Validity::Current);
-    let client = ca.issue(dir.path(), "client", Usage::Client, Validity::Current);
-    let (client_cert, client_key) = (client.cert.clone(), client.key.clone());
-    let trusted = ca.cert.clone();
-    let server = tls_server(&cert, Some(&ca.cert), &ca.cert).with_client_options(move || {
-        ConnectOptions::new()
-            .require_tls(true)
-            .add_root_certificates(trusted.clone())
-            .add_client_certificate(client_cert.clone(), client_key.clone())
-    });
-    let nats = format!(
-        "url: \"{}\", tls: {{ ca: {}, cert: {}, key: {} }}",
-        server.url(),
-        quoted(&ca.cert),
-        quoted(&client.cert),
-        quoted(&client.key)
-    );
-    assert_copies_events(&server, &nats, &[], "TLS_MUTUAL").await;
+    let case = TlsCase::new(Validity::Current, Some(Validity::Current));
+    assert_copies_events(&case.server, &case.keys(&case.ca.cert), &[], "TLS_MUTUAL").await;
 }
 
 /// `run` ends at once with exit 1 and an error containing each of `says`.
@@ -199,63 +223,24 @@ async fn a_wrong_password_is_refused_at_once() {
 
 #[tokio::test]
 async fn a_server_certificate_from_an_unknown_ca_is_refused() {
-    let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let other = Ca::new(dir.path(), "other-ca");
-    let cert = ca.issue(dir.path(), "server", Usage::Server, Validity::Current);
-    let server = tls_server(&cert, None, &ca.cert);
-    let nats = format!(
-        "url: \"{}\", tls: {{ ca: {} }}",
-        server.url(),
-        quoted(&other.cert)
-    );
-    assert_refused(
-        &nats,
-        &[],
-        "BAD_CA",
-        &["certificate was not accepted", "UnknownIssuer"],
-    );
+    let case = TlsCase::new(Validity::Current, None);
+    let other = Ca::new(case.dir.path(), "other-ca");
+    let says = ["certificate was not accepted", "UnknownIssuer"];
+    assert_refused(&case.keys(&other.cert), &[], "BAD_CA", &says);
 }
 
 #[tokio::test]
 async fn an_expired_server_certificate_is_refused() {
-    let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", Usage::Server, Validity::Expired);
-    let server = tls_server(&cert, None, &ca.cert);
-    let nats = format!(
-        "url: \"{}\", tls: {{ ca: {} }}",
-        server.url(),
-        quoted(&ca.cert)
-    );
-    assert_refused(
-        &nats,
-        &[],
-        "OLD_SERVER",
-        &["certificate was not accepted", "expired"],
-    );
+    let case = TlsCase::new(Validity::Expired, None);
+    let says = ["certificate was not accepted", "expired"];
+    assert_refused(&case.keys(&case.ca.cert), &[], "OLD_SERVER", &says);
 }
 
 #[tokio::test]
 async fn an_expired_client_certificate_is_refused() {
-    let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "server", Usage::Server, Validity::Current);
-    let client = ca.issue(dir.path(), "client", Usage::Client, Validity::Expired);
-    let server = tls_server(&cert, Some(&ca.cert), &ca.cert);
-    let nats = format!(
-        "url: \"{}\", tls: {{ ca: {}, cert: {}, key: {} }}",
-        server.url(),
-        quoted(&ca.cert),
-        quoted(&client.cert),
-        quoted(&client.key)
-    );
-    assert_refused(
-        &nats,
-        &[],
-        "OLD_CLIENT",
-        &["ended the TLS handshake", "client certificate"],
-    );
+    let case = TlsCase::new(Validity::Current, Some(Validity::Expired));
+    let says = ["ended the TLS handshake", "client certificate"];
+    assert_refused(&case.keys(&case.ca.cert), &[], "OLD_CLIENT", &says);
 }
 
 #[tokio::test]

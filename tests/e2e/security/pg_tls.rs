@@ -30,6 +30,18 @@ fn insert_yaml(nats_url: &str, stream: &str, table: &str) -> String {
     single_sink_yaml(nats_url, stream, "rows", &block)
 }
 
+/// A CA and a cluster taking only TLS with a certificate it signed for
+/// 127.0.0.1; `password` as for [`PgTls`].
+pub fn tls_cluster(dir: &std::path::Path, password: Option<&str>) -> (Ca, Postgres) {
+    let ca = Ca::new(dir, "ca");
+    let cert = ca.issue(dir, "pg", Usage::Server, Validity::Current);
+    let pg = Postgres::start_tls(PgTls {
+        server: &cert,
+        password,
+    });
+    (ca, pg)
+}
+
 /// Runs Jetline with `url` until the source is settled; the rows written.
 async fn apply(server: &NatsServer, pg: &Postgres, stream: &str, url: &str) -> i64 {
     let table = stream.to_lowercase();
@@ -55,18 +67,7 @@ async fn apply(server: &NatsServer, pg: &Postgres, stream: &str, url: &str) -> i
         &[(&variable, url)],
         "warn",
     );
-    eventually(Duration::from_secs(30), "every event settled", || {
-        let exited = jetline.exit_status();
-        let logs = jetline.logs();
-        let js = &js;
-        async move {
-            assert!(exited.is_none(), "jetline exited ({exited:?}):\n{logs}");
-            consumer_settled(js, stream, "jetline-orders-rows")
-                .await
-                .then_some(())
-        }
-    })
-    .await;
+    settled_while_running(&mut jetline, &js, stream, "rows").await;
     assert_eq!(jetline.terminate(), Some(0));
     client
         .query_one(&format!("SELECT count(*) FROM {table}"), &[])
@@ -78,12 +79,7 @@ async fn apply(server: &NatsServer, pg: &Postgres, stream: &str, url: &str) -> i
 #[tokio::test]
 async fn rows_are_applied_with_require_verify_ca_and_verify_full() {
     let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "pg", Usage::Server, Validity::Current);
-    let pg = Postgres::start_tls(PgTls {
-        server: &cert,
-        password: None,
-    });
+    let (ca, pg) = tls_cluster(dir.path(), None);
     let server = NatsServer::start();
     let root = ca.cert.display();
     for (stream, query) in [
@@ -112,13 +108,8 @@ async fn rows_are_applied_with_require_verify_ca_and_verify_full() {
 #[tokio::test]
 async fn verify_full_against_another_ca_dead_letters_with_the_certificate_error() {
     let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
+    let (_, pg) = tls_cluster(dir.path(), None);
     let other = Ca::new(dir.path(), "other-ca");
-    let cert = ca.issue(dir.path(), "pg", Usage::Server, Validity::Current);
-    let pg = Postgres::start_tls(PgTls {
-        server: &cert,
-        password: None,
-    });
     let server = NatsServer::start();
     let stream = "PG_WRONG_CA";
     let url = format!(

@@ -131,12 +131,7 @@ fn assert_no_secret(what: &str, text: &str, secrets: &[String]) {
 #[tokio::test]
 async fn no_secret_appears_in_logs_check_status_or_metrics() {
     let dir = tempfile::tempdir().expect("a directory");
-    let ca = Ca::new(dir.path(), "ca");
-    let cert = ca.issue(dir.path(), "pg", Usage::Server, Validity::Current);
-    let pg = Postgres::start_tls(PgTls {
-        server: &cert,
-        password: Some(PG_PASSWORD),
-    });
+    let (ca, pg) = super::pg_tls::tls_cluster(dir.path(), Some(PG_PASSWORD));
     assert!(
         pg.url().contains(PG_PASSWORD),
         "the URL carries the password"
@@ -184,17 +179,7 @@ async fn no_secret_appears_in_logs_check_status_or_metrics() {
         let yaml = both_sinks_yaml(&auth, &stream, metrics_port, "");
         let mut jetline = Process::start_logged(&yaml, &env, "debug");
         for sink in ["rows", "hook"] {
-            let durable = format!("jetline-orders-{sink}");
-            eventually(Duration::from_secs(30), "the event settled", || {
-                let exited = jetline.exit_status();
-                let logs = jetline.logs();
-                let (js, stream, durable) = (&js, &stream, &durable);
-                async move {
-                    assert!(exited.is_none(), "jetline exited ({exited:?}):\n{logs}");
-                    consumer_settled(js, stream, durable).await.then_some(())
-                }
-            })
-            .await;
+            settled_while_running(&mut jetline, &js, &stream, sink).await;
         }
         // Both sinks used their secrets: the row is there, the hook got
         // the header.
@@ -217,23 +202,15 @@ async fn no_secret_appears_in_logs_check_status_or_metrics() {
         assert!(metrics.contains("jetline_events_total"), "{metrics}");
         assert_no_secret("/metrics", &metrics, &secrets);
 
-        let limit = Duration::from_secs(30);
-        let checked = jetline_command(&["check"], &yaml, &env, limit);
-        assert_eq!(checked.code, Some(0), "{}", checked.stderr);
-        assert!(
-            checked.stdout.contains("configuration ok"),
-            "{}",
-            checked.stdout
-        );
-        assert_no_secret("check", &(checked.stdout + &checked.stderr), &secrets);
-        let status = jetline_command(&["status"], &yaml, &env, limit);
-        assert_eq!(status.code, Some(0), "{}", status.stderr);
-        assert!(
-            status.stdout.contains("jetline-orders-rows"),
-            "{}",
-            status.stdout
-        );
-        assert_no_secret("status", &(status.stdout + &status.stderr), &secrets);
+        for (command, shows) in [
+            ("check", "configuration ok"),
+            ("status", "jetline-orders-rows"),
+        ] {
+            let ended = jetline_command(&[command], &yaml, &env, Duration::from_secs(30));
+            assert_eq!(ended.code, Some(0), "{command}: {}", ended.stderr);
+            assert!(ended.stdout.contains(shows), "{command}: {}", ended.stdout);
+            assert_no_secret(command, &(ended.stdout + &ended.stderr), &secrets);
+        }
 
         let logs = jetline.logs();
         assert_eq!(jetline.terminate(), Some(0));

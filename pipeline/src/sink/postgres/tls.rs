@@ -105,8 +105,8 @@ pub fn prepare(connection_string: &str) -> Result<Connection, TlsSetupError> {
             .with_no_client_auth(),
         (TlsMode::VerifyCa, Some(path)) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(ChainOnly {
-                roots: root_store(path)?,
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                roots: Some(root_store(path)?),
                 provider,
             }))
             .with_no_client_auth(),
@@ -115,7 +115,10 @@ pub fn prepare(connection_string: &str) -> Result<Connection, TlsSetupError> {
         }
         (TlsMode::Disable | TlsMode::Prefer | TlsMode::Require, _) => builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(EncryptOnly { provider }))
+            .with_custom_certificate_verifier(Arc::new(Verifier {
+                roots: None,
+                provider,
+            }))
             .with_no_client_auth(),
     };
     Ok(Connection {
@@ -262,15 +265,17 @@ fn root_store(path: PathBuf) -> Result<RootCertStore, TlsSetupError> {
     Ok(roots)
 }
 
-/// `verify-ca`: the chain must lead to a root of `sslrootcert`; the name in
-/// the certificate is not compared with the host.
+/// The certificate check of `verify-ca` (`roots`: the chain must lead to
+/// one of them; the name in the certificate is not compared with the host)
+/// and of `prefer` and `require` (no roots: any certificate, as libpq). The
+/// handshake's signatures are verified either way.
 #[derive(Debug)]
-struct ChainOnly {
-    roots: RootCertStore,
+struct Verifier {
+    roots: Option<RootCertStore>,
     provider: Arc<CryptoProvider>,
 }
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for Verifier {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -279,68 +284,16 @@ impl ServerCertVerifier for ChainOnly {
         _ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let certificate = ParsedCertificate::try_from(end_entity)?;
-        rustls::client::verify_server_cert_signed_by_trust_anchor(
-            &certificate,
-            &self.roots,
-            intermediates,
-            now,
-            self.provider.signature_verification_algorithms.all,
-        )?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `prefer` and `require`: encrypted, the server's certificate not checked
-/// (libpq does the same). The handshake's signatures are still verified.
-#[derive(Debug)]
-struct EncryptOnly {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for EncryptOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
+        if let Some(roots) = &self.roots {
+            let certificate = ParsedCertificate::try_from(end_entity)?;
+            rustls::client::verify_server_cert_signed_by_trust_anchor(
+                &certificate,
+                roots,
+                intermediates,
+                now,
+                self.provider.signature_verification_algorithms.all,
+            )?;
+        }
         Ok(ServerCertVerified::assertion())
     }
 
