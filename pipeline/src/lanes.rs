@@ -206,6 +206,31 @@ impl<T> Lanes<T> {
         self.in_flight
     }
 
+    /// Parks `key` as a dead-lettered event with `park_key` would (the set
+    /// kept from an earlier run).
+    pub fn park(&mut self, key: &str) {
+        self.keys
+            .entry(key.to_owned())
+            .or_insert_with(KeyState::new)
+            .parked = true;
+    }
+
+    /// Lets `key`'s later events be applied again; true if it was parked.
+    pub fn unpark(&mut self, key: &str) -> bool {
+        let Some(state) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let was_parked = std::mem::replace(&mut state.parked, false);
+        if state.queue.is_empty() && state.in_flight.is_none() && state.awaiting.is_none() {
+            self.keys.remove(key);
+        }
+        was_parked
+    }
+
+    pub fn is_parked(&self, key: &str) -> bool {
+        self.keys.get(key).is_some_and(|state| state.parked)
+    }
+
     /// Whether nothing is queued or running.
     pub fn is_idle(&self) -> bool {
         self.in_flight == 0
@@ -220,6 +245,27 @@ mod tests {
 
     fn drain(lanes: &mut Lanes<u64>) -> Vec<(Option<String>, u64)> {
         std::iter::from_fn(|| lanes.next_ready().map(|(key, _, item, _)| (key, item))).collect()
+    }
+
+    #[test]
+    fn a_key_parked_from_before_dead_letters_until_unparked() {
+        let mut lanes = Lanes::new(8);
+        lanes.park("a");
+        assert!(lanes.is_parked("a"));
+        lanes.admit(Some("a"), 1, 1);
+        let next = lanes
+            .next_ready()
+            .map(|(_, seq, _, dispatch)| (seq, dispatch));
+        assert_eq!(next, Some((1, Dispatch::Park)));
+        lanes.complete(Some("a"), 1, Completion::Done);
+        assert!(lanes.is_parked("a"), "a parked key stays parked when idle");
+        assert!(lanes.unpark("a"));
+        assert!(!lanes.unpark("a"));
+        lanes.admit(Some("a"), 2, 2);
+        let next = lanes
+            .next_ready()
+            .map(|(_, seq, _, dispatch)| (seq, dispatch));
+        assert_eq!(next, Some((2, Dispatch::Apply)));
     }
 
     #[test]

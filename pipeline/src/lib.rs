@@ -74,7 +74,9 @@ pub enum RunError {
     #[error(transparent)]
     Schema(#[from] SchemaError),
     #[error("cannot connect to NATS: {0}")]
-    Connect(String),
+    Connect(#[from] nats::ConnectError),
+    #[error("{0}")]
+    Publish(String),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     #[error(transparent)]
@@ -97,7 +99,9 @@ impl RunError {
         match self {
             RunError::Config(_) | RunError::Schema(_) | RunError::Usage(_) => 2,
             RunError::Sink { source, .. } if source.is_setup() => 2,
+            RunError::Connect(error) if error.is_configuration() => 2,
             RunError::Connect(_)
+            | RunError::Publish(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
             | RunError::Sink { .. }
@@ -357,6 +361,7 @@ impl SpawnContext<'_> {
                 dead_letters: self.dead_letters.clone(),
                 readiness: Arc::clone(self.readiness),
                 limits: config.limits.clone(),
+                parked: std::sync::OnceLock::new(),
             });
             consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }

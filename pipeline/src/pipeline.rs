@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     config::{ConsumerSettings, OnDeadLetter, Ordering, PipelineSpec},
-    dead_letter::{self, DeadLetterReason, DeadLetters},
+    dead_letter::{self, DeadLetterReason, DeadLetters, parked::Parked},
     envelope::{self, DecodeError, Decoder, Encoding, PayloadNeed},
     lanes::{Completion, Dispatch, Lanes},
     outcome::{self, Outcome, Settler},
@@ -46,6 +46,9 @@ pub struct Pipeline<S> {
     pub client: async_nats::Client,
     pub readiness: Arc<Readiness>,
     pub limits: crate::config::raw::LimitsConfig,
+    /// The durable parked set, with `on_dead_letter: park_key` (opened when
+    /// the consumer starts).
+    pub parked: std::sync::OnceLock<Parked>,
 }
 
 /// Deliveries taken from the pull stream in one go once one has arrived:
@@ -138,6 +141,20 @@ impl<S: Sink> Pipeline<S> {
         shutdown: CancellationToken,
     ) -> Result<(), SourceError> {
         let consumer = source::bind(&jetstream, &self.spec, &self.settings).await?;
+        if self.settings.on_dead_letter == OnDeadLetter::ParkKey {
+            let parked = Parked::open(
+                &jetstream,
+                self.dead_letters.stream(),
+                &self.spec.durable_name,
+            )
+            .await
+            .map_err(|error| SourceError::Consumer {
+                stream: self.spec.stream.clone(),
+                consumer: self.spec.durable_name.clone(),
+                message: error.to_string(),
+            })?;
+            let _ = self.parked.set(parked);
+        }
         let mut recovery: Option<Recovery> = None;
         // Standby until the server delivers to this replica: then it holds
         // the consumer's pin, and the others stand by.
@@ -218,6 +235,7 @@ impl<S: Sink> Pipeline<S> {
                             recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
                             active = Some(Active { pin_id: None });
                             self.metrics.active(true);
+                            self.restore_parked(&mut lanes).await;
                             tracing::info!(
                                 consumer = %self.spec.durable_name,
                                 waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
@@ -335,6 +353,26 @@ impl<S: Sink> Pipeline<S> {
             })
     }
 
+    /// Parks again, on becoming active, what the parked set holds.
+    async fn restore_parked(&self, lanes: &mut Lanes<Work>) {
+        let Some(parked) = self.parked.get() else {
+            return;
+        };
+        match parked.load().await {
+            Ok(aggregates) => {
+                for aggregate_id in &aggregates {
+                    lanes.park(aggregate_id);
+                }
+                if !aggregates.is_empty() {
+                    tracing::info!(consumer = %self.spec.durable_name, parked = aggregates.len(), "Parked aggregates restored");
+                }
+            }
+            Err(error) => {
+                tracing::error!(consumer = %self.spec.durable_name, error = %error, "Cannot read the parked aggregates");
+            }
+        }
+    }
+
     /// Turns a message into a delivery and admits it, or holds it while
     /// recovery waits for what a previous run left unacked.
     async fn receive(
@@ -410,6 +448,19 @@ impl<S: Sink> Pipeline<S> {
                     Ordering::PerKey => Some(envelope.aggregate_id.clone()),
                     Ordering::None => None,
                 };
+                if let Some(key) = key.as_deref()
+                    && dead_letter::is_redriven(delivery.headers.as_ref())
+                    && lanes.unpark(key)
+                {
+                    // A redriven event of a parked aggregate: the operator
+                    // took the aggregate back.
+                    if let Some(parked) = self.parked.get()
+                        && let Err(error) = parked.unpark(key).await
+                    {
+                        tracing::error!(consumer = %self.spec.durable_name, error = %error, "Cannot unpark");
+                    }
+                    tracing::info!(consumer = %self.spec.durable_name, stream_seq = seq, "Aggregate unparked by a redriven event");
+                }
                 let work = Work::Apply(Event {
                     envelope,
                     delivery,
@@ -450,14 +501,15 @@ impl<S: Sink> Pipeline<S> {
     ) {
         while let Some((key, seq, work, dispatch)) = lanes.next_ready() {
             in_flight.push(Box::pin(async move {
-                let completion = self.process(work, dispatch).await;
+                let completion = self.process(work, dispatch, key.as_deref()).await;
                 (key, seq, completion)
             }));
         }
     }
 
-    /// Applies one event (or dead-letters it) and settles its delivery.
-    async fn process(&self, work: Work, dispatch: Dispatch) -> Completion {
+    /// Applies one event (or dead-letters it) and settles its delivery;
+    /// `key` is its lane's (the aggregate id with `per_key` ordering).
+    async fn process(&self, work: Work, dispatch: Dispatch, key: Option<&str>) -> Completion {
         let (delivery, event_type, outcome) = match (work, dispatch) {
             (Work::Reject(delivery, error), _) => {
                 let event_type = error.event_type().unwrap_or_default().to_owned();
@@ -499,10 +551,6 @@ impl<S: Sink> Pipeline<S> {
                 (event.delivery, event.envelope.event_type, outcome)
             }
         };
-        let completion = self
-            .settler()
-            .settle(&delivery, &event_type, &outcome)
-            .await;
         let parks = matches!(
             outcome,
             Outcome::DeadLetter {
@@ -510,6 +558,27 @@ impl<S: Sink> Pipeline<S> {
                 ..
             }
         ) && self.settings.on_dead_letter == OnDeadLetter::ParkKey;
+        // Recorded before the event is terminated, so a crash cannot forget
+        // the park; if it cannot be recorded, the event comes back.
+        let mut outcome = outcome;
+        if parks && let (Some(parked), Some(aggregate_id)) = (self.parked.get(), key) {
+            match parked.park(aggregate_id).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(consumer = %self.spec.durable_name, "Aggregate id too long to park durably; parked in memory only")
+                }
+                Err(error) => {
+                    tracing::error!(consumer = %self.spec.durable_name, error = %error, "Cannot record the parked aggregate; the event will come back");
+                    outcome = Outcome::Retry {
+                        after: Duration::from_secs(1),
+                    };
+                }
+            }
+        }
+        let completion = self
+            .settler()
+            .settle(&delivery, &event_type, &outcome)
+            .await;
         match completion {
             Completion::Done if parks => Completion::DoneAndPark,
             other => other,

@@ -237,6 +237,114 @@ async fn permanent_errors_dead_letter_once_and_park_key_parks_the_aggregate() {
     );
 }
 
+/// `jetline <args>` against the config in `file`; its standard output.
+fn cli(file: &std::path::Path, args: &[&str]) -> String {
+    let (command, rest) = args.split_first().expect("a command");
+    let output = std::process::Command::new(jetline_bin())
+        .arg(command)
+        .arg("--config")
+        .arg(file)
+        .args(rest)
+        .output()
+        .expect("jetline runs");
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn parked_aggregates_survive_a_restart_and_a_redrive_unparks_them() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "PDUR", &["pdur.>"]).await;
+    let yaml = custom_config(
+        &server.url(),
+        "PDUR",
+        "pdur",
+        "  park: { type: custom, on_dead_letter: park_key, retry: { max_attempts: 2, backoff: [50ms] } }",
+        "",
+    );
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    std::io::Write::write_all(&mut file, yaml.as_bytes()).expect("written");
+    let consumer = "jetline-s-park";
+    let settled = || async {
+        eventually(TIMEOUT, "every event settled", || async {
+            consumer_settled(&js, "PDUR", consumer).await.then_some(())
+        })
+        .await
+    };
+    let ids = |sink: &FlakySink| -> Vec<String> {
+        sink.applied().into_iter().map(|e| e.event_id).collect()
+    };
+
+    // First run: a-1 is rejected, so a is parked and a-2 follows it.
+    publish_events(
+        &js,
+        "pdur.x",
+        &[
+            ("a".into(), "q-a-0".into()),
+            ("a".into(), "q-a-1".into()),
+            ("a".into(), "q-a-2".into()),
+            ("b".into(), "q-b-0".into()),
+        ],
+    )
+    .await;
+    let first = FlakySink::with_plan([("q-a-1".to_owned(), Plan::Reject)]);
+    let running = Running::start_with(&yaml, CustomSinks::new().register("park", first.clone()));
+    settled().await;
+    running.stop().await;
+    assert_eq!(ids(&first), ["q-a-0", "q-b-0"]);
+    assert!(cli(file.path(), &["status"]).contains(&format!("parked by {consumer}: \"a\"")));
+    assert!(cli(file.path(), &["dlq", "list"]).contains(&format!("parked by {consumer}: \"a\"")));
+
+    // Restarted: a is still parked, b flows.
+    let second = FlakySink::default();
+    let running = Running::start_with(&yaml, CustomSinks::new().register("park", second.clone()));
+    publish_events(
+        &js,
+        "pdur.x",
+        &[("a".into(), "q-a-3".into()), ("b".into(), "q-b-1".into())],
+    )
+    .await;
+    settled().await;
+    assert_eq!(ids(&second), ["q-b-1"], "a stays parked across the restart");
+    let reasons: Vec<String> = stream_messages(&js, "DLQ_PDUR")
+        .await
+        .iter()
+        .map(|entry| {
+            entry
+                .headers
+                .get(dlq::REASON)
+                .map(|v| v.as_str().to_owned())
+                .unwrap_or_default()
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            "sink_rejected",
+            "parked_after_failure",
+            "parked_after_failure"
+        ]
+    );
+
+    // Redriving a's entries takes it back: they apply in order, then a is
+    // no longer parked.
+    cli(file.path(), &["dlq", "redrive", "--sink", "park"]);
+    eventually(TIMEOUT, "the redriven events applied", || async {
+        (ids(&second).len() == 4).then_some(())
+    })
+    .await;
+    assert_eq!(ids(&second), ["q-b-1", "q-a-1", "q-a-2", "q-a-3"]);
+    settled().await;
+    running.stop().await;
+    assert!(!cli(file.path(), &["status"]).contains("parked by"));
+    assert_eq!(stream_count(&js, "DLQ_PDUR").await, 0);
+}
+
 #[tokio::test]
 async fn the_attempt_count_survives_a_kill_and_nothing_is_lost() {
     let server = NatsServer::start();

@@ -478,3 +478,42 @@ async fn a_backlog_of_large_messages_is_applied_within_the_byte_budget() {
     assert_eq!(sink.applied_count(), 60);
     assert_eq!(stream_count(&js, "DLQ_BG").await, 0);
 }
+
+#[tokio::test]
+async fn unknown_event_types_and_versions_do_not_grow_the_label_sets() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "LB", &["lb.>"]).await;
+    let port = free_port();
+    let yaml = custom_sink_yaml(&server.url(), "LB", "", "")
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let mut messages = Vec::new();
+    for n in 0..40 {
+        let mut event = created_v3(&format!("lb-{n}"), "order-1", n);
+        event["eventType"] = format!("bogus.Type{n}").into();
+        messages.push(Outgoing::json("lb.created", &event));
+        let mut version = created_v3(&format!("lbv-{n}"), "order-2", n);
+        version["schemaVersion"] = (1000 + n).into();
+        messages.push(Outgoing::json("lb.created", &version));
+    }
+    publish_all(&js, messages).await;
+    let running = Running::start_with(
+        &yaml,
+        CustomSinks::new().register("main", FlakySink::default()),
+    );
+    eventually(TIMEOUT, "every event settled", || async {
+        consumer_settled(&js, "LB", "jetline-s-main")
+            .await
+            .then_some(())
+    })
+    .await;
+    let page = http_get(&format!("http://127.0.0.1:{port}/metrics"))
+        .await
+        .expect("/metrics")
+        .1;
+    running.stop().await;
+    assert_eq!(stream_count(&js, "DLQ_LB").await, 80);
+    assert!(page.contains("jetline_events_total"), "{page}");
+    assert!(!page.contains("bogus"), "an input's type became a label");
+    assert!(!page.contains("\"1000\"") && !page.contains("=\"1039\""));
+}

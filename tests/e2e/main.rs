@@ -16,4 +16,5 @@ mod packaging;
 mod postgres;
 mod projections;
 mod replicas;
+mod security;
 mod upcast;

@@ -104,8 +104,8 @@ async fn age_of_message(js: &async_nats::jetstream::Context, stream: &str, seq: 
 }
 
 /// `jetline status` on `yaml`: exit code and the figures of `consumer`'s line
-/// (pending, ack pending, redelivered, lag seconds), if it has them.
-async fn status(yaml: &str, consumer: &str) -> (i32, Option<[f64; 4]>) {
+/// (pending, ack pending, redelivered, lag seconds, parked), if it has them.
+async fn status(yaml: &str, consumer: &str) -> (i32, Option<[f64; 5]>) {
     use std::io::Write;
     let mut file = tempfile::NamedTempFile::new().expect("config file");
     file.write_all(yaml.as_bytes()).expect("config written");
@@ -266,7 +266,8 @@ async fn a_backlog_shows_in_pending_and_lag_seconds_then_both_fall_to_zero_as_it
 
     let (code, figures) = status(&yaml, consumer).await;
     assert_eq!(code, 0);
-    let [pending, ack_pending, _, lag_seconds] = figures.expect("figures of the consumer");
+    let [pending, ack_pending, _, lag_seconds, parked] = figures.expect("figures of the consumer");
+    assert_eq!(parked, 0.0, "nothing parked");
     assert_eq!(pending + ack_pending, total as f64);
     assert!(lag_seconds >= aged.as_secs_f64());
 
@@ -293,7 +294,7 @@ async fn a_backlog_shows_in_pending_and_lag_seconds_then_both_fall_to_zero_as_it
     );
     assert_eq!(dead, 0);
     let (code, figures) = status(&yaml, consumer).await;
-    assert_eq!((code, figures), (0, Some([0.0; 4])));
+    assert_eq!((code, figures), (0, Some([0.0; 5])));
     jetline.stop().await;
 }
 

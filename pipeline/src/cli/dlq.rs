@@ -7,7 +7,7 @@ use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
 use crate::{
     Config, RunError,
-    dead_letter::{DeadLetterReason, DeadLetters, Entry, Filter, RedriveTarget},
+    dead_letter::{DeadLetterReason, DeadLetters, Entry, Filter, RedriveTarget, parked},
     envelope::{self, Decoder},
     nats,
     telemetry::Readiness,
@@ -105,8 +105,20 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
     let usage = |error: DlqError| RunError::Usage(error.to_string());
     let output = match command {
         DlqCommand::List(args) => {
-            let entries = dead_letters.entries(&args.filter().map_err(usage)?).await?;
-            table(&entries)
+            let filter = args.filter().map_err(usage)?;
+            let entries = dead_letters.entries(&filter).await?;
+            let mut out = table(&entries);
+            let parked = parked::all(dead_letters.jetstream(), &config.dead_letter.stream)
+                .await
+                .unwrap_or_default();
+            for spec in &config.pipelines {
+                if filter.sink.as_deref().is_none_or(|sink| sink == spec.sink)
+                    && let Some(ids) = parked.get(&spec.durable_name)
+                {
+                    out.push_str(&super::status::parked_line(&spec.durable_name, ids));
+                }
+            }
+            out
         }
         DlqCommand::Show { seq } => {
             let entry = dead_letters.entry(seq).await?;

@@ -77,7 +77,7 @@ pub async fn run(config: Config, args: PublishArgs) -> Result<String, RunError> 
         let ack = jetstream
             .publish_with_headers(target, headers, body.into())
             .await
-            .map_err(|err| RunError::Connect(format!("publish of line {}: {err}", number + 1)))?;
+            .map_err(|err| RunError::Publish(format!("publish of line {}: {err}", number + 1)))?;
         acks.push((number, ack));
         if acks.len() == WINDOW {
             await_acks(&mut acks).await?;
@@ -94,7 +94,7 @@ async fn await_acks(
 ) -> Result<(), RunError> {
     for (number, ack) in acks.drain(..) {
         ack.await.map_err(|err| {
-            RunError::Connect(format!("publish of line {} not acked: {err}", number + 1))
+            RunError::Publish(format!("publish of line {} not acked: {err}", number + 1))
         })?;
     }
     Ok(())

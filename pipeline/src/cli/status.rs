@@ -1,15 +1,17 @@
 //! `jetline status`: connects to NATS and prints, per consumer, pending, ack
 //! pending, redelivered and lag in seconds, read as the lag poller reads them
-//! (`telemetry::lag`). Changes nothing on the server.
+//! (`telemetry::lag`), and the aggregates it has parked
+//! (`on_dead_letter: park_key`). Changes nothing on the server.
 
 use std::{fmt::Write as _, sync::Arc};
 
 use crate::{
-    Config, RunError, nats,
+    Config, RunError, dead_letter, nats,
     telemetry::{
         Readiness,
         lag::{self, ConsumerLag, LagError},
     },
+    text,
 };
 
 /// One consumer's figures, or why they could not be read.
@@ -19,7 +21,12 @@ pub struct ConsumerStatus {
     pub source: String,
     pub sink: String,
     pub lag: Result<ConsumerLag, LagError>,
+    /// Aggregates this consumer has parked.
+    pub parked: Vec<String>,
 }
+
+/// How many parked aggregate ids are named per consumer.
+const LISTED_PARKED: usize = 10;
 
 /// Reads every consumer of `config`, all at once.
 pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
@@ -30,6 +37,10 @@ pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
         .iter()
         .map(|spec| lag::read(&jetstream, &spec.stream, &spec.durable_name));
     let results = futures::future::join_all(reads).await;
+    // Unreadable parked sets show as none: status reports, it does not fail.
+    let mut parked = dead_letter::parked::all(&jetstream, &config.dead_letter.stream)
+        .await
+        .unwrap_or_default();
     Ok(config
         .pipelines
         .iter()
@@ -39,6 +50,7 @@ pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
             source: spec.source.clone(),
             sink: spec.sink.clone(),
             lag,
+            parked: parked.remove(&spec.durable_name).unwrap_or_default(),
         })
         .collect())
 }
@@ -53,6 +65,7 @@ pub fn table(statuses: &[ConsumerStatus]) -> String {
         "ACK_PENDING",
         "REDELIVERED",
         "LAG_SECONDS",
+        "PARKED",
     ]
     .map(String::from);
     let rows: Vec<Vec<String>> = statuses
@@ -69,6 +82,7 @@ pub fn table(statuses: &[ConsumerStatus]) -> String {
                     lag.ack_pending.to_string(),
                     lag.redelivered.to_string(),
                     format!("{:.3}", lag.lag_seconds),
+                    status.parked.len().to_string(),
                 ]),
                 Err(error) => row.push(format!("error: {error}")),
             }
@@ -96,7 +110,29 @@ pub fn table(statuses: &[ConsumerStatus]) -> String {
         }
         let _ = writeln!(out, "{}", line.trim_end());
     }
+    for status in statuses {
+        out.push_str(&parked_line(&status.consumer, &status.parked));
+    }
     out
+}
+
+/// `parked by <consumer>: "id", ...` naming the first few, or nothing.
+pub fn parked_line(consumer: &str, parked: &[String]) -> String {
+    if parked.is_empty() {
+        return String::new();
+    }
+    let named: Vec<String> = parked
+        .iter()
+        .take(LISTED_PARKED)
+        .map(|id| format!("{:?}", text::cut(id, text::QUOTED_CHARS)))
+        .collect();
+    let more = parked.len().saturating_sub(LISTED_PARKED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    format!("parked by {consumer}: {}{more}\n", named.join(", "))
 }
 
 #[cfg(test)]
@@ -116,6 +152,7 @@ mod tests {
                     redelivered: 1,
                     lag_seconds: 4.25,
                 }),
+                parked: vec!["order-7".into()],
             },
             ConsumerStatus {
                 consumer: "jetline-orders-audit".into(),
@@ -125,11 +162,13 @@ mod tests {
                     stream: "ORDERS".into(),
                     consumer: "jetline-orders-audit".into(),
                 }),
+                parked: Vec::new(),
             },
         ];
         let text = table(&statuses);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
+        assert_eq!(lines[3], "parked by jetline-orders-orders_out: \"order-7\"");
         let columns: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             columns,
@@ -140,7 +179,8 @@ mod tests {
                 "12",
                 "3",
                 "1",
-                "4.250"
+                "4.250",
+                "1"
             ]
         );
         assert_eq!(lines[0].find("PENDING"), lines[1].find("12"));

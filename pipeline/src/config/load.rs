@@ -25,10 +25,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
     })?;
     let mut config = load_str(&text)?;
     // Relative paths in the file are relative to the file, as a user expects.
-    if let Some(base) = path.parent()
-        && config.schemas.dir.is_relative()
-    {
-        config.schemas.dir = base.join(&config.schemas.dir);
+    if let Some(base) = path.parent() {
+        let nats = &mut config.nats;
+        let tls = nats.tls.as_mut();
+        let paths = [
+            Some(&mut config.schemas.dir),
+            nats.password_file.as_mut(),
+            nats.token_file.as_mut(),
+            nats.creds_file.as_mut(),
+            nats.nkey_seed_file.as_mut(),
+        ]
+        .into_iter()
+        .chain(
+            tls.into_iter()
+                .flat_map(|tls| [tls.ca.as_mut(), tls.cert.as_mut(), tls.key.as_mut()]),
+        );
+        for relative in paths.flatten().filter(|path| path.is_relative()) {
+            *relative = base.join(&*relative);
+        }
     }
     Ok(config)
 }
@@ -46,7 +60,8 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     let file_only = layered(text, false).map_err(|err| one_error("", err.to_string()))?;
     check_no_secrets_in_file(&file_only).map_err(|errors| relocate(errors, locate))?;
 
-    let merged = layered(text, true).map_err(|err| one_error("", err.to_string()))?;
+    let mut merged = layered(text, true).map_err(|err| one_error("", err.to_string()))?;
+    secrets_verbatim(&mut merged, |name| std::env::var(name).ok());
     let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|err| {
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
@@ -68,6 +83,23 @@ fn layered(text: &str, with_env: bool) -> Result<serde_json::Value, config::Conf
         );
     }
     builder.build()?.try_deserialize()
+}
+
+/// The secrets as their variables hold them: the `config` crate would read
+/// `JETLINE__NATS__PASSWORD=0042` as the number 42.
+fn secrets_verbatim(merged: &mut serde_json::Value, variable: impl Fn(&str) -> Option<String>) {
+    for (key, _) in SECRET_KEYS {
+        let name = format!(
+            "{ENV_PREFIX}{ENV_SEPARATOR}NATS{ENV_SEPARATOR}{}",
+            key.to_uppercase()
+        );
+        if let (Some(value), Some(nats)) = (
+            variable(&name),
+            merged.get_mut("nats").and_then(|nats| nats.as_object_mut()),
+        ) {
+            nats.insert((*key).to_owned(), serde_json::Value::String(value));
+        }
+    }
 }
 
 fn check_no_secrets_in_file(file: &serde_json::Value) -> Result<(), ConfigErrors> {
@@ -216,6 +248,19 @@ routes:
         assert_eq!(locate_line(YAML, "routes[1].to"), Some(11));
         assert_eq!(locate_line(YAML, "routes[0].from"), Some(9));
         assert_eq!(locate_line(YAML, "nowhere"), None);
+    }
+
+    #[test]
+    fn secrets_from_the_environment_stay_text() {
+        let mut merged =
+            serde_json::json!({ "nats": { "url": "x", "password": 42, "token": true } });
+        secrets_verbatim(&mut merged, |name| match name {
+            "JETLINE__NATS__PASSWORD" => Some("0042".to_owned()),
+            "JETLINE__NATS__TOKEN" => Some("true".to_owned()),
+            _ => None,
+        });
+        assert_eq!(merged["nats"]["password"], "0042");
+        assert_eq!(merged["nats"]["token"], "true");
     }
 
     #[test]

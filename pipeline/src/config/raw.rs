@@ -42,13 +42,23 @@ pub struct NatsConfig {
     /// Connection name shown by the server.
     #[serde(default = "default_connection_name")]
     pub name: String,
+    /// User name, with the password from `JETLINE__NATS__PASSWORD` or
+    /// `password_file`. One way to authenticate at most: user, token,
+    /// `nkey_seed_file` or `creds_file`.
     pub user: Option<String>,
+    /// Only from the environment (`JETLINE__NATS__PASSWORD`).
     pub password: Option<Secret>,
+    /// File holding the password (its trailing line break dropped).
     pub password_file: Option<PathBuf>,
+    /// Only from the environment (`JETLINE__NATS__TOKEN`).
     pub token: Option<Secret>,
+    /// File holding the token.
     pub token_file: Option<PathBuf>,
+    /// `.creds` file (user JWT and nkey seed) for operator mode.
     pub creds_file: Option<PathBuf>,
+    /// File holding a user nkey seed (`SU...`).
     pub nkey_seed_file: Option<PathBuf>,
+    /// TLS: required when present.
     pub tls: Option<TlsConfig>,
     /// Time allowed for the first connection.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
@@ -83,10 +93,12 @@ impl fmt::Debug for NatsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// CA certificate (PEM) to verify the server with.
+    /// CA certificate (PEM) to verify the server with (default: the
+    /// system's roots).
     pub ca: Option<PathBuf>,
-    /// Client certificate (PEM), with `key`.
+    /// Client certificate (PEM) for mutual TLS, with `key`.
     pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM), with `cert`.
     pub key: Option<PathBuf>,
 }
 
@@ -389,6 +401,18 @@ fn default_max_bytes_in_flight() -> usize {
     64 << 20
 }
 
+/// `nats.url`: one URL or a comma-separated seed list of a cluster.
+pub fn server_list(urls: &str) -> Result<Vec<async_nats::ServerAddr>, String> {
+    urls.split(',')
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(|url| {
+            url.parse::<async_nats::ServerAddr>()
+                .map_err(|err| format!("{url:?}: {err}"))
+        })
+        .collect()
+}
+
 /// A humantime duration (`30s`, `200ms`, `1m 30s`).
 pub fn duration<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
     let text = String::deserialize(deserializer)?;
@@ -416,4 +440,17 @@ fn optional_durations<'de, D: Deserializer<'de>>(
         })
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_seed_list_gives_every_server() {
+        let servers = server_list("nats://127.0.0.1:4222, nats://127.0.0.1:4223").expect("a list");
+        let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
+        assert_eq!(ports, [4222, 4223]);
+        assert!(server_list("nats://127.0.0.1:notaport").is_err());
+    }
 }

@@ -29,16 +29,65 @@ fn default_backoff() -> Vec<Duration> {
         .collect()
 }
 
+/// One way to authenticate, each secret from one place, a client
+/// certificate with its key: async-nats would otherwise pick one silently.
+fn check_nats_auth(nats: &raw::NatsConfig, errors: &mut Vec<ConfigError>) {
+    let has_password = nats.password.is_some() || nats.password_file.is_some();
+    if has_password && nats.user.is_none() {
+        errors.push(ConfigError::new("nats.user", "a password needs a user"));
+    }
+    let ways: Vec<&str> = [
+        ("user", nats.user.is_some()),
+        ("token", nats.token.is_some() || nats.token_file.is_some()),
+        ("nkey_seed_file", nats.nkey_seed_file.is_some()),
+        ("creds_file", nats.creds_file.is_some()),
+    ]
+    .into_iter()
+    .filter_map(|(way, set)| set.then_some(way))
+    .collect();
+    if ways.len() > 1 {
+        errors.push(ConfigError::new(
+            "nats",
+            format!("set one way to authenticate, not {}", ways.join(" and ")),
+        ));
+    }
+    if nats.password.is_some() && nats.password_file.is_some() {
+        errors.push(ConfigError::new(
+            "nats.password_file",
+            "the password comes from the environment or from password_file, not both",
+        ));
+    }
+    if nats.token.is_some() && nats.token_file.is_some() {
+        errors.push(ConfigError::new(
+            "nats.token_file",
+            "the token comes from the environment or from token_file, not both",
+        ));
+    }
+    if let Some(tls) = &nats.tls {
+        match (&tls.cert, &tls.key) {
+            (Some(_), None) => errors.push(ConfigError::new(
+                "nats.tls.key",
+                "a client certificate needs its key",
+            )),
+            (None, Some(_)) => errors.push(ConfigError::new(
+                "nats.tls.cert",
+                "a key needs its client certificate",
+            )),
+            (Some(_), Some(_)) | (None, None) => {}
+        }
+    }
+}
+
 /// Checks a parsed configuration and builds the [`Config`] the pipeline runs from.
 pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     let mut errors = Vec::new();
 
     if raw.nats.url.trim().is_empty() {
         errors.push(ConfigError::new("nats.url", "must not be empty"));
+    } else if let Err(message) = raw::server_list(&raw.nats.url) {
+        errors.push(ConfigError::new("nats.url", message));
     }
-    if raw.nats.password.is_some() && raw.nats.user.is_none() {
-        errors.push(ConfigError::new("nats.user", "a password needs a user"));
-    }
+    check_nats_auth(&raw.nats, &mut errors);
 
     for (name, source) in &raw.sources {
         check_name(&mut errors, &format!("sources.{name}"), name);
@@ -680,6 +729,36 @@ consumers:
                 "metrics.listen",
             ),
             ("nats:", "nats:\n  url: x\n  colour: blue\n", "nats.colour"),
+            (
+                "nats:",
+                "nats:\n  url: 'nats://127.0.0.1:4222,nats://127.0.0.1:port'\n",
+                "nats.url",
+            ),
+            (
+                "limits:",
+                "limits:\n  max_message_bytes: 10\n",
+                "limits.max_message_bytes",
+            ),
+            (
+                "limits:",
+                "limits:\n  max_message_bytes: 4096\n  max_bytes_in_flight: 1024\n",
+                "limits.max_bytes_in_flight",
+            ),
+            (
+                "nats:",
+                "nats:\n  url: x\n  password_file: /p\n",
+                "nats.user",
+            ),
+            (
+                "nats:",
+                "nats:\n  url: x\n  nkey_seed_file: /n\n  creds_file: /c\n",
+                "nats",
+            ),
+            (
+                "nats:",
+                "nats:\n  url: x\n  tls: { key: /k }\n",
+                "nats.tls.cert",
+            ),
         ];
         for (section, replacement, expected_path) in cases {
             let text = replace_section(GOOD, section, replacement);

@@ -10,6 +10,7 @@
 //! redelivered event is dead-lettered again (within the stream's duplicate
 //! window).
 
+pub mod parked;
 mod store;
 
 use std::time::Duration;
@@ -18,7 +19,7 @@ use async_nats::{HeaderMap, jetstream};
 use bytes::Bytes;
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-pub use store::{Entry, Filter, RedriveTarget, redrive_sink};
+pub use store::{Entry, Filter, RedriveTarget, is_redriven, redrive_sink};
 
 /// Why an event was dead-lettered: one fixed snake_case name each, used in
 /// the `Jetline-Dlq-Reason` header and in metric labels.
@@ -157,6 +158,10 @@ impl DeadLetters {
 
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.jetstream
     }
 
     pub fn subject_prefix(&self) -> &str {

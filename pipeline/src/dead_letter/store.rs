@@ -192,6 +192,14 @@ impl DeadLetters {
                 header: header::SOURCE_SUBJECT,
             })?
             .to_owned();
+        // Only the start of the original was kept: republishing it would
+        // be a different, broken event.
+        if let Some(length) = entry.header(header::TRUNCATED_FROM) {
+            return Err(DeadLetterError::Redrive {
+                seq: entry.seq,
+                message: format!("the entry keeps only the start of its {length}-byte original"),
+            });
+        }
         let mut headers = entry.original_headers();
         headers.insert(header::HISTORY, entry.history().as_str());
         match target {
@@ -223,6 +231,11 @@ impl DeadLetters {
 }
 
 /// The sink a redriven delivery is meant for, if it names one.
+/// Whether a message is an event redriven from the dead-letter stream.
+pub fn is_redriven(headers: Option<&HeaderMap>) -> bool {
+    headers.is_some_and(|headers| headers.get(header::HISTORY).is_some())
+}
+
 pub fn redrive_sink(headers: Option<&HeaderMap>) -> Option<&str> {
     headers?
         .get(header::REDRIVE_SINK)

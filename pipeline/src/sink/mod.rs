@@ -120,6 +120,10 @@ pub enum SinkError {
     },
     #[error("environment variable {variable} (from {key}) is not set or not valid")]
     Environment { variable: String, key: String },
+    /// The connection settings cannot be used (a TLS mode without its
+    /// root certificate, an unreadable certificate file).
+    #[error("{key}: {message}")]
+    ConnectionSettings { key: String, message: String },
     #[error("{0}")]
     Setup(String),
     /// The sink's code panicked: a bug, but one event's, so that event is
@@ -151,6 +155,7 @@ impl SinkError {
             SinkError::HttpRejected { .. } => ErrorClass::Permanent,
             SinkError::HttpUnavailable { .. } => ErrorClass::Transient,
             SinkError::Environment { .. } => ErrorClass::Permanent,
+            SinkError::ConnectionSettings { .. } => ErrorClass::Permanent,
             SinkError::Setup(_) => ErrorClass::Permanent,
             SinkError::Panicked(_) => ErrorClass::Transient,
         }
@@ -166,10 +171,31 @@ impl SinkError {
     }
 
     /// Whether the error comes from the environment Jetline was started in
-    /// (a missing variable): a configuration problem.
+    /// (a missing variable, unusable connection settings): a configuration
+    /// problem.
     pub fn is_setup(&self) -> bool {
-        matches!(self, SinkError::Environment { .. })
+        matches!(
+            self,
+            SinkError::Environment { .. } | SinkError::ConnectionSettings { .. }
+        )
     }
+}
+
+/// An error's message followed by its causes, each once: clients such as
+/// reqwest and tokio-postgres keep the cause (a refused certificate, say)
+/// out of their own message.
+pub fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            message.push_str(": ");
+            message.push_str(&text);
+        }
+        source = cause.source();
+    }
+    message
 }
 
 /// The payload schema a sink's rule for `event_type` is checked against:

@@ -107,7 +107,7 @@ impl Report {
             read_hook(world),
         ];
         views.extend(extra);
-        let log = std::fs::read_to_string(world.log_path()).unwrap_or_default();
+        let log = world.jetline_log();
         let lines: Vec<&str> = log.lines().collect();
         self.log_tail = lines[lines.len().saturating_sub(LOG_TAIL)..]
             .iter()

@@ -44,7 +44,7 @@ async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
         .publish(world.size.events - 2 * part, PoisonMix::None)
         .await;
     let started = Instant::now();
-    let jetline = world.start_process(&world.yaml("", &[]));
+    world.start_jetline(&world.yaml("", &[]));
     let ready = world.until_ready(Duration::from_secs(60)).await;
 
     // Deleted before any entry was stored (no poison yet), so none is lost.
@@ -93,7 +93,7 @@ async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
 
     let settled = world.until_settled(&SINKS).await;
     let elapsed = started.elapsed();
-    drop(jetline);
+    world.stop_jetline();
 
     let mut report = Report::new("chaos_dead_letter_outage", &world);
     report.check(ready, "/readyz not 200 before the outage".into());
@@ -151,7 +151,7 @@ async fn chaos_dead_letter_stream_unavailable_terminates_nothing() {
 /// (settled everything before it), and from then watches `/readyz`, the
 /// logs and the ack floors for [`OUTAGE`].
 async fn phase(world: &mut World, count: usize) -> Phase {
-    let log_start = std::fs::metadata(world.log_path()).map_or(0, |meta| meta.len()) as usize;
+    let log_start = world.jetline_log().len();
     let first = world.model.published.len();
     world.publish(count, PoisonMix::GarbageOnly).await;
     let first_poison = world.model.published[first..]
@@ -183,7 +183,7 @@ async fn phase(world: &mut World, count: usize) -> Phase {
         .filter(|(_, floor)| *floor >= first_poison)
         .map(|(sink, _)| sink.to_string())
         .collect();
-    let log = std::fs::read_to_string(world.log_path()).unwrap_or_default();
+    let log = world.jetline_log();
     let lines: Vec<Value> = log
         .get(log_start..)
         .unwrap_or_default()

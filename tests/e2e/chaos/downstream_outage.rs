@@ -22,7 +22,7 @@ const RETRY_AFTER_SECS: u64 = 2;
 async fn chaos_postgres_restart_and_webhook_refusals_are_ridden_out() {
     let mut world = World::with_stream("", PoisonMix::None).await;
     let started = Instant::now();
-    let jetline = world.start_process(&world.yaml("", &[]));
+    world.start_jetline(&world.yaml("", &[]));
     let progressed = world.until_progress(0.3).await;
 
     let outage = Instant::now();
@@ -36,7 +36,7 @@ async fn chaos_postgres_restart_and_webhook_refusals_are_ridden_out() {
     world.receiver.answer(Answering::Normally);
     let cleared = Instant::now();
     let recovery = world.recover(started, cleared).await;
-    drop(jetline);
+    world.stop_jetline();
 
     let mut report = Report::new("chaos_downstream_outage", &world);
     report.check(

@@ -23,7 +23,7 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
         .and_then(|seed| seed.parse().ok())
         .unwrap_or_else(rand::random::<u64>);
     let mut rng = StdRng::seed_from_u64(seed);
-    let world = World::with_stream("", PoisonMix::None).await;
+    let mut world = World::with_stream("", PoisonMix::None).await;
     let last = world.model.last_seq();
     let mut points: Vec<u64> = (0..KILLS)
         .map(|_| rng.random_range(last / 20..=last * 9 / 10))
@@ -32,7 +32,7 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
 
     let yaml = world.yaml("", &[]);
     let started = Instant::now();
-    let mut jetline = world.start_process(&yaml);
+    world.start_jetline(&yaml);
     let mut recoveries = Vec::new();
     let mut stuck = None;
     for (kill, point) in points.iter().enumerate() {
@@ -51,9 +51,9 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(rng.random_range(0..300))).await;
-        jetline.kill();
+        world.kill_jetline();
         let restarted = Instant::now();
-        jetline = world.start_process(&yaml);
+        world.start_jetline(&yaml);
         match world
             .recovered(&SINKS, restarted, Duration::from_secs(120))
             .await
@@ -70,7 +70,7 @@ async fn chaos_kill_at_random_points_loses_and_repeats_nothing() {
     }
     let settled = stuck.is_none() && world.until_settled(&SINKS).await;
     let elapsed = started.elapsed();
-    drop(jetline);
+    world.stop_jetline();
 
     let mut report = Report::new("chaos_kill", &world);
     report.check(stuck.is_none(), stuck.unwrap_or_default());

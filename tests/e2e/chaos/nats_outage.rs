@@ -19,7 +19,7 @@ const NOTICE: Duration = Duration::from_secs(2);
 async fn chaos_nats_outage_reconnects_and_resumes() {
     let mut world = World::with_stream("", PoisonMix::None).await;
     let started = Instant::now();
-    let jetline = world.start_process(&world.yaml("", &[]));
+    world.start_jetline(&world.yaml("", &[]));
     let progressed = world.until_progress(0.3).await;
 
     world.nats.stop_gracefully();
@@ -42,7 +42,7 @@ async fn chaos_nats_outage_reconnects_and_resumes() {
         .await
         .then(|| restarted.elapsed());
     let recovery = world.recover(started, restarted).await;
-    drop(jetline);
+    world.stop_jetline();
 
     let mut report = Report::new("chaos_nats_outage", &world);
     report.check(

@@ -16,12 +16,12 @@ use super::{
 async fn chaos_poison_is_dead_lettered_once_per_sink_while_good_events_flow() {
     // The 10 MB event must reach the stream (and its dead letters the
     // dead-letter stream): above the server's default 1 MB limit.
-    let world = World::with_stream("max_payload: 16MB\n", PoisonMix::Every).await;
-    let jetline = world.start_process(&world.yaml("", &[]));
+    let mut world = World::with_stream("max_payload: 16MB\n", PoisonMix::Every).await;
+    world.start_jetline(&world.yaml("", &[]));
     let started = Instant::now();
     let settled = world.until_settled(&SINKS).await;
     let elapsed = started.elapsed();
-    drop(jetline);
+    world.stop_jetline();
 
     let mut report = Report::new("chaos_poison", &world);
     report.check(settled, "the sinks did not settle every message".into());

@@ -27,10 +27,10 @@ const OTHERS_DURING: usize = 1_000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: run by scripts/chaos"]
 async fn chaos_slow_aggregate_holds_only_itself_and_is_not_redelivered() {
-    let world = World::with_stream("", PoisonMix::None).await;
+    let mut world = World::with_stream("", PoisonMix::None).await;
     world.receiver.slow_down(SLOW_AGGREGATE, DELAY, SLOW_EVENTS);
     let started = Instant::now();
-    let jetline = world.start_process(&world.yaml("", &[]));
+    world.start_jetline(&world.yaml("", &[]));
 
     // The server's redelivery count of the webhook's consumer, sampled
     // until the run settles.
@@ -47,7 +47,7 @@ async fn chaos_slow_aggregate_holds_only_itself_and_is_not_redelivered() {
     .await;
     let elapsed = started.elapsed();
     let most_redelivered = most_redelivered.get();
-    drop(jetline);
+    world.stop_jetline();
 
     let applied = world.receiver.applied();
     let slow: Vec<_> = applied

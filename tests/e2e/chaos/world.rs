@@ -4,10 +4,7 @@
 //! through its own durable consumer; and the waits on the server's view of
 //! those consumers (their ack floors), which tell progress and the end.
 
-use std::{
-    path::PathBuf,
-    time::{Duration, Instant},
-};
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer::pull};
 
@@ -44,14 +41,20 @@ pub struct World {
     pub receiver: Receiver,
     pub metrics_port: u16,
     pub model: Model,
-    logs: tempfile::TempDir,
+    /// The `jetline` process of the run, and the log of the last one stopped.
+    jetline: Option<Process>,
+    last_log: String,
 }
 
 impl World {
     /// Servers with the source, output and table ready; `nats_settings` are
     /// extra nats-server settings (`max_payload`).
     pub async fn start(nats_settings: &str) -> Self {
-        let nats = NatsServer::start_with_settings(nats_settings);
+        let nats = if nats_settings.is_empty() {
+            NatsServer::start()
+        } else {
+            NatsServer::start_with_config(nats_settings)
+        };
         let js = nats.jetstream().await;
         create_stream(&js, SOURCE_STREAM, &[&format!("{SUBJECT_PREFIX}.>")]).await;
         create_stream(&js, OUTPUT_STREAM, &["chaosout.>"]).await;
@@ -73,7 +76,8 @@ impl World {
             receiver: Receiver::start().await,
             metrics_port: free_port(),
             model: Model::default(),
-            logs: tempfile::tempdir().expect("a log directory"),
+            jetline: None,
+            last_log: String::new(),
         }
     }
 
@@ -155,17 +159,37 @@ dead_letter: {{ stream: {DEAD_LETTER_STREAM}, subject_prefix: {DEAD_LETTER_PREFI
         self.model.publish(&self.js, batch).await;
     }
 
-    /// The built binary on `yaml`, its JSON logs appended to [`World::log_path`].
-    pub fn start_process(&self, yaml: &str) -> Process {
-        Process::start_logged(
+    /// Starts the built binary on `yaml`, logging JSON lines at `warn`.
+    pub fn start_jetline(&mut self, yaml: &str) {
+        self.jetline = Some(Process::start_logged(
             yaml,
-            &[(DATABASE_URL_ENV, self.postgres.url())],
-            &self.log_path(),
-        )
+            &[
+                (DATABASE_URL_ENV, self.postgres.url()),
+                ("JETLINE_LOG_FORMAT", "json"),
+            ],
+            "warn",
+        ));
     }
 
-    pub fn log_path(&self) -> PathBuf {
-        self.logs.path().join("jetline.log")
+    /// SIGKILL to the running process.
+    pub fn kill_jetline(&mut self) {
+        if let Some(process) = self.jetline.take() {
+            self.last_log = process.logs();
+            process.kill();
+        }
+    }
+
+    /// Ends the run's process (SIGKILL: the accounting needs no more from
+    /// it), keeping its log for the report.
+    pub fn stop_jetline(&mut self) {
+        self.kill_jetline();
+    }
+
+    /// The running process's log, or the last one's.
+    pub fn jetline_log(&self) -> String {
+        self.jetline
+            .as_ref()
+            .map_or_else(|| self.last_log.clone(), Process::logs)
     }
 
     /// `/readyz`: its status and body, `None` while nothing listens.

@@ -1,9 +1,12 @@
 //! The test harness: a real nats-server per test, Jetline in-process or as the
 //! built binary, event builders and stream readers; PostgreSQL and a local
-//! webhook server for the read-model sinks.
+//! webhook server for the read-model sinks; certificates and NATS
+//! credentials for the security tests.
 
 #![allow(dead_code)]
 
+pub mod certs;
+pub mod credentials;
 pub mod events;
 pub mod flaky;
 pub mod http;
@@ -18,6 +21,8 @@ use std::{
     time::Duration,
 };
 
+pub use certs::*;
+pub use credentials::*;
 pub use events::*;
 pub use flaky::*;
 pub use http::*;

@@ -1,10 +1,12 @@
 //! A real nats-server with JetStream on a free loopback port and a temporary
-//! store, stopped on drop; and Jetline running against it.
+//! store, stopped on drop (optionally with configuration text of the test's:
+//! authentication, TLS); and Jetline running against it.
 
 use std::{
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -15,12 +17,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{free_port, root, schemas_dir};
 
+/// How the test's own clients connect, for a server that asks for
+/// credentials or TLS.
+type ClientOptions = Arc<dyn Fn() -> async_nats::ConnectOptions + Send + Sync>;
+
 pub struct NatsServer {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
-    /// A configuration file of extra server settings (`max_payload`).
-    settings: Option<PathBuf>,
+    /// The configuration file given with `-c`, if any.
+    config_file: Option<PathBuf>,
+    client_options: Option<ClientOptions>,
 }
 
 fn nats_server_bin() -> PathBuf {
@@ -46,30 +53,57 @@ fn nats_server_bin() -> PathBuf {
 
 impl NatsServer {
     pub fn start() -> Self {
-        Self::start_with_settings("")
+        Self::start_with(None)
     }
 
-    /// With extra lines of nats-server configuration, e.g. `max_payload: 16MB`
-    /// (the default, 1 MB, refuses larger messages).
-    pub fn start_with_settings(settings: &str) -> Self {
+    /// With `config` (nats-server configuration text: `authorization`,
+    /// `tls`, operator mode) in a file given with `-c`; address, port and
+    /// JetStream come from the command line as for [`NatsServer::start`].
+    /// A server that requires credentials or TLS needs
+    /// [`NatsServer::with_client_options`] for the test's own clients.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::start_with(Some(config))
+    }
+
+    fn start_with(config: Option<&str>) -> Self {
         let store = tempfile::tempdir().expect("a temporary store directory");
-        let settings = (!settings.is_empty()).then(|| {
-            let path = store.path().join("settings.conf");
-            std::fs::write(&path, settings).expect("server settings written");
+        let config_file = config.map(|text| {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, text).expect("server configuration written");
             path
         });
         let mut server = Self {
             child: None,
             port: free_port(),
             store,
-            settings,
+            config_file,
+            client_options: None,
         };
         server.spawn();
         server
     }
 
+    /// The options of the test's own clients ([`NatsServer::client`],
+    /// [`NatsServer::jetstream`]).
+    pub fn with_client_options(
+        mut self,
+        options: impl Fn() -> async_nats::ConnectOptions + Send + Sync + 'static,
+    ) -> Self {
+        self.client_options = Some(Arc::new(options));
+        self
+    }
+
+    fn log_file(&self) -> PathBuf {
+        self.store.path().join("server.log")
+    }
+
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_bin())
+        let mut command = Command::new(nats_server_bin());
+        if let Some(config_file) = &self.config_file {
+            command.arg("-c").arg(config_file);
+        }
+        let log = std::fs::File::create(self.log_file()).expect("server log created");
+        let child = command
             .args([
                 "-a",
                 "127.0.0.1",
@@ -79,19 +113,23 @@ impl NatsServer {
                 "-sd",
             ])
             .arg(self.store.path())
-            .args(
-                self.settings
-                    .iter()
-                    .flat_map(|path| [Path::new("-c"), path]),
-            )
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("nats-server starts");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not listen");
+            let exited = self
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                panic!(
+                    "nats-server did not listen ({exited:?}): {}",
+                    std::fs::read_to_string(self.log_file()).unwrap_or_default()
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -131,7 +169,12 @@ impl NatsServer {
     }
 
     pub async fn client(&self) -> async_nats::Client {
-        async_nats::connect(self.url())
+        let options = match &self.client_options {
+            Some(options) => options(),
+            None => async_nats::ConnectOptions::new(),
+        };
+        options
+            .connect(self.url())
             .await
             .expect("test client connects")
     }
@@ -166,8 +209,14 @@ pub async fn create_stream(
 /// metrics endpoint on an ephemeral port. `body` holds sources, sinks, routes
 /// and anything else.
 pub fn config_yaml(url: &str, body: &str) -> String {
+    config_yaml_nats(&format!("url: \"{url}\""), body)
+}
+
+/// As [`config_yaml`], with `nats` the keys of the `nats:` block in flow
+/// style (`url: "nats://…", user: app, password_file: "/…"`).
+pub fn config_yaml_nats(nats: &str, body: &str) -> String {
     format!(
-        "nats: {{ url: \"{url}\" }}\nschemas: {{ dir: \"{}\" }}\nmetrics: {{ listen: \"127.0.0.1:0\", lag_poll_interval: 200ms }}\n{body}",
+        "nats: {{ {nats} }}\nschemas: {{ dir: \"{}\" }}\nmetrics: {{ listen: \"127.0.0.1:0\", lag_poll_interval: 200ms }}\n{body}",
         schemas_dir().display()
     )
 }
@@ -211,6 +260,8 @@ impl Running {
 pub struct Process {
     child: Child,
     _config: tempfile::NamedTempFile,
+    /// Where its log goes, when the test reads it.
+    log: Option<tempfile::NamedTempFile>,
 }
 
 impl Process {
@@ -220,29 +271,28 @@ impl Process {
 
     /// With extra environment variables (secrets such as `url_env`).
     pub fn start_with_env(yaml: &str, env: &[(&str, &str)]) -> Self {
-        Self::spawn(yaml, env, Stdio::inherit())
+        Self::spawn(yaml, env, None)
     }
 
-    /// With its logs (JSON lines, level `warn`) appended to `log`.
-    pub fn start_logged(yaml: &str, env: &[(&str, &str)], log: &Path) -> Self {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .expect("log file opens");
-        let mut env = env.to_vec();
-        env.push(("JETLINE_LOG_FORMAT", "json"));
-        Self::spawn(yaml, &env, Stdio::from(file))
+    /// As [`Process::start_with_env`], logging at `level` to a file that
+    /// [`Process::logs`] reads.
+    pub fn start_logged(yaml: &str, env: &[(&str, &str)], level: &str) -> Self {
+        Self::spawn(yaml, env, Some(level))
     }
 
-    fn spawn(yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
+    fn spawn(yaml: &str, env: &[(&str, &str)], logged: Option<&str>) -> Self {
         use std::io::Write;
         let mut file = tempfile::NamedTempFile::new().expect("config file");
         file.write_all(yaml.as_bytes()).expect("config written");
+        let log = logged.map(|_| tempfile::NamedTempFile::new().expect("log file"));
+        let stderr = match &log {
+            Some(log) => Stdio::from(log.reopen().expect("log file opens")),
+            None => Stdio::inherit(),
+        };
         let child = Command::new(super::jetline_bin())
             .args(["run", "--config"])
             .arg(file.path())
-            .env("JETLINE_LOG", "warn")
+            .env("JETLINE_LOG", logged.unwrap_or("warn"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
@@ -251,7 +301,14 @@ impl Process {
         Self {
             child,
             _config: file,
+            log,
         }
+    }
+
+    /// What it logged so far (started with [`Process::start_logged`]).
+    pub fn logs(&self) -> String {
+        let log = self.log.as_ref().expect("started with start_logged");
+        std::fs::read_to_string(log.path()).expect("log read")
     }
 
     /// SIGTERM, then the exit code once it has stopped.

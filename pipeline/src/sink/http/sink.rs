@@ -139,7 +139,8 @@ impl Sink for HttpSink {
             .body(body)
             .send()
             .await
-            .map_err(|err| request_error(&err))?;
+            // The URL may come from `url_env` with a secret in it.
+            .map_err(|err| request_error(&err.without_url()))?;
         let status = response.status();
         let retry_after = response
             .headers()
@@ -185,14 +186,7 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 }
 
 fn request_error(error: &reqwest::Error) -> SinkError {
-    // reqwest puts the cause in the source chain: keep it in the message.
-    let mut message = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let message = crate::sink::with_causes(error);
     if error.is_timeout() {
         SinkError::Timeout(message)
     } else {

@@ -149,6 +149,17 @@ impl KvSink {
         revision: u64,
     ) -> Result<Option<u64>, SinkError> {
         let body = serde_json::to_vec(document).unwrap_or_default();
+        // A document grown past the server's limit will not shrink on retry.
+        let max_payload = self.jetstream.client().server_info().max_payload;
+        if body.len() > max_payload {
+            return Err(SinkError::TooLarge {
+                subject: key.to_owned(),
+                message: format!(
+                    "document of {} bytes, the server takes {max_payload}",
+                    body.len()
+                ),
+            });
+        }
         match self.store.update(key, body.into(), revision).await {
             Ok(revision) => Ok(Some(revision)),
             Err(err) => match err.kind() {
@@ -185,9 +196,13 @@ impl KvSink {
         let publish_error = |kind: PublishErrorKind, message: String| match kind {
             PublishErrorKind::WrongLastSequence => None,
             PublishErrorKind::TimedOut => Some(SinkError::Timeout(format!("deleting key {key}"))),
+            // A document grown past the server's limit will not shrink on retry.
+            PublishErrorKind::MaxPayloadExceeded => Some(SinkError::TooLarge {
+                subject: key.to_owned(),
+                message,
+            }),
             PublishErrorKind::StreamNotFound
             | PublishErrorKind::BrokenPipe
-            | PublishErrorKind::MaxPayloadExceeded
             | PublishErrorKind::WrongLastMessageId
             | PublishErrorKind::MaxAckPending
             | PublishErrorKind::Other => Some(SinkError::KeyValue(message)),

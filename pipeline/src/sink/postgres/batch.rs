@@ -22,7 +22,7 @@ use tokio_postgres::types::Type;
 
 use super::sql::{self, SqlValue};
 use crate::{
-    sink::{Applied, ErrorClass, SinkError},
+    sink::{Applied, ErrorClass, SinkError, with_causes},
     telemetry,
 };
 
@@ -312,7 +312,7 @@ impl Writer {
             .pool
             .get()
             .await
-            .map_err(|err| SinkError::Pool(err.to_string()))?;
+            .map_err(|err| SinkError::Pool(with_causes(&err)))?;
         let table = &self.checkpoint_table;
         let statement = format!(
             "CREATE TABLE IF NOT EXISTS {table} (\
@@ -348,5 +348,5 @@ fn transient(error: SinkError) -> SinkError {
 /// Getting a connection fails transiently whatever the cause (the server is
 /// down or restarting, the pool is exhausted, the password was changed).
 fn pool_error(error: PoolError) -> BatchError {
-    BatchError::Batch(SinkError::Pool(error.to_string()))
+    BatchError::Batch(SinkError::Pool(with_causes(&error)))
 }

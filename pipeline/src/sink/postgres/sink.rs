@@ -5,18 +5,18 @@
 //! The connection string comes from the environment; connections are pooled
 //! and replaced when the server closed them (a restart), so the sink
 //! recovers by itself: the events of a failed batch come back with backoff.
-//! Connections are plain TCP (`sslmode=require` is refused at start-up).
+//! TLS follows the connection string's `sslmode` and `sslrootcert` (`tls`).
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::{NoTls, config::SslMode};
 
 use super::{
     batch::{Job, Statement, Writer},
     config::PostgresSinkConfig,
     sql::{self, SqlValue},
+    tls::{self, TlsSetupError},
 };
 use crate::{
     schema::SchemaRegistry,
@@ -58,16 +58,17 @@ impl PostgresSink {
             key: format!("sinks.{name}.url_env"),
         };
         let url = std::env::var(&config.url_env).map_err(|_| environment_error())?;
-        // The parse error is not shown: it could quote the password.
-        let pg_config: tokio_postgres::Config = url.parse().map_err(|_| environment_error())?;
-        if pg_config.get_ssl_mode() == SslMode::Require {
-            return Err(SinkError::Setup(format!(
-                "sinks.{name}: sslmode=require is not supported: connections are plain TCP"
-            )));
-        }
+        // No error shows the string: it could quote the password.
+        let connection = tls::prepare(&url).map_err(|err| match err {
+            TlsSetupError::InvalidString => environment_error(),
+            other => SinkError::ConnectionSettings {
+                key: format!("sinks.{name}.url_env (${})", config.url_env),
+                message: other.to_string(),
+            },
+        })?;
         let manager = Manager::from_config(
-            pg_config,
-            NoTls,
+            connection.config,
+            connection.tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },
