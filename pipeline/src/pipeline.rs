@@ -230,10 +230,29 @@ impl<S: Sink> Pipeline<S> {
                 // `max_ack_pending` bounds what is held meanwhile.
                 message = stream.next(), if recovery.is_some() || held.get() < self.limits.max_bytes_in_flight => match message {
                     Some(Ok(message)) => {
+                        // Messages the server sent while the connection was
+                        // down are lost in transit and come back only after
+                        // `ack_wait`, but later ones arrive now: after a
+                        // reconnect, recover as after a takeover.
+                        let connects = self.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+                        if let Some(seen) = active.as_mut().map(|active| &mut active.connects)
+                            && *seen != connects
+                        {
+                            *seen = connects;
+                            if recovery.is_none() {
+                                let info = consumer.get_info().await.ok();
+                                recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
+                                tracing::warn!(
+                                    consumer = %self.spec.durable_name,
+                                    waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                                    "Reconnected to NATS; holding new events until what was in transit has come back"
+                                );
+                            }
+                        }
                         if active.is_none() {
                             let info = consumer.get_info().await.ok();
                             recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
-                            active = Some(Active { pin_id: None });
+                            active = Some(Active { pin_id: None, connects });
                             self.metrics.active(true);
                             self.restore_parked(&mut lanes).await;
                             tracing::info!(
@@ -645,6 +664,8 @@ impl<S: Sink> Pipeline<S> {
 struct Active {
     /// The pin, as the server stamps it on each message delivered.
     pin_id: Option<String>,
+    /// The client's connection count when last seen: a change is a reconnect.
+    connects: u64,
 }
 
 impl Active {
