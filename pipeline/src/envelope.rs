@@ -484,6 +484,33 @@ pub(crate) mod tests {
         assert_eq!(again, from_json);
     }
 
+    /// Found by the `envelope_binary` fuzz target: without serde_json's
+    /// `float_roundtrip`, a double written in its shortest form read back one
+    /// unit in the last place off.
+    #[test]
+    fn a_double_reads_back_exactly_from_json() {
+        let decoder = example_decoder();
+        let total = 19.989999959236446_f64;
+        let mut json = created_v2_json();
+        json["schemaVersion"] = 1.into();
+        json["payload"] = serde_json::json!({ "orderId": "o-1", "total": total });
+        let body = serde_json::to_vec(&json).expect("json");
+        let from_json = decoder
+            .decode(Some("application/json"), &body)
+            .expect("valid json");
+        let read = |envelope: &Envelope| {
+            envelope
+                .payload
+                .get_field_by_name("total")
+                .and_then(|value| value.as_f64())
+        };
+        assert_eq!(read(&from_json), Some(total));
+        let again = decoder
+            .decode(Some("application/json"), &from_json.encode(Encoding::Json))
+            .expect("own json output decodes");
+        assert_eq!(read(&again), Some(total));
+    }
+
     #[test]
     fn each_invalid_case_has_its_reason() {
         let decoder = example_decoder();
