@@ -11,7 +11,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-const TARGETS: [(&str, fn(&[u8])); 6] = [
+/// A fuzz target's body: one input, a panic on a finding.
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 6] = [
     ("envelope_binary", targets::envelope_binary),
     ("envelope_json", targets::envelope_json),
     ("payload_validate", targets::payload_validate),
