@@ -104,6 +104,8 @@ pub enum DecodeError {
     MissingField(&'static str),
     #[error("schema_version must be at least 1")]
     ZeroVersion,
+    #[error("occurred_at is outside 0001-01-01 to 9999-12-31 or has invalid nanos")]
+    OccurredAtRange,
     #[error("unknown event type {event_type:?}")]
     UnknownType { event_type: String },
     #[error("unknown version {version} of event type {event_type:?}")]
@@ -135,7 +137,8 @@ impl DecodeError {
             | DecodeError::Protobuf(_)
             | DecodeError::Json(_)
             | DecodeError::MissingField(_)
-            | DecodeError::ZeroVersion => None,
+            | DecodeError::ZeroVersion
+            | DecodeError::OccurredAtRange => None,
         }
     }
 
@@ -147,7 +150,8 @@ impl DecodeError {
             | DecodeError::Protobuf(_)
             | DecodeError::Json(_)
             | DecodeError::MissingField(_)
-            | DecodeError::ZeroVersion => DeadLetterReason::InvalidEnvelope,
+            | DecodeError::ZeroVersion
+            | DecodeError::OccurredAtRange => DeadLetterReason::InvalidEnvelope,
             DecodeError::UnknownType { .. } | DecodeError::UnknownVersion { .. } => {
                 DeadLetterReason::UnknownType
             }
@@ -334,6 +338,11 @@ impl Decoder {
         if wire.schema_version == 0 {
             return Err(DecodeError::ZeroVersion);
         }
+        // The JSON decoder refuses these already; a binary one would be an
+        // event no JSON sink can write.
+        if !wire.occurred_at.is_some_and(is_rfc3339_range) {
+            return Err(DecodeError::OccurredAtRange);
+        }
         if !self.registry.contains(&wire.event_type) {
             return Err(DecodeError::UnknownType {
                 event_type: wire.event_type.clone(),
@@ -369,6 +378,15 @@ fn schema_version_fits(mut body: &[u8]) -> bool {
         }
     }
     true
+}
+
+/// The timestamps the proto3 JSON mapping can write: RFC 3339 years 1 to
+/// 9999, nanos below one second.
+fn is_rfc3339_range(timestamp: prost_types::Timestamp) -> bool {
+    const MIN_SECONDS: i64 = -62_135_596_800;
+    const MAX_SECONDS: i64 = 253_402_300_799;
+    (MIN_SECONDS..=MAX_SECONDS).contains(&timestamp.seconds)
+        && (0..1_000_000_000).contains(&timestamp.nanos)
 }
 
 /// The identifying fields of an envelope, read without any schema: for
@@ -536,6 +554,67 @@ pub(crate) mod tests {
             .decode(Some("application/json"), &from_json.encode(Encoding::Json))
             .expect("own json output decodes");
         assert_eq!(again, from_json);
+    }
+
+    /// Found by the `envelope_binary` fuzz target: without serde_json's
+    /// `float_roundtrip`, a double written in its shortest form read back one
+    /// unit in the last place off.
+    #[test]
+    fn a_double_reads_back_exactly_from_json() {
+        let decoder = example_decoder();
+        let total = 19.989999959236446_f64;
+        let mut json = created_v2_json();
+        json["schemaVersion"] = 1.into();
+        json["payload"] = serde_json::json!({ "orderId": "o-1", "total": total });
+        let body = serde_json::to_vec(&json).expect("json");
+        let from_json = decoder
+            .decode(Some("application/json"), &body)
+            .expect("valid json");
+        let read = |envelope: &Envelope| {
+            envelope
+                .payload
+                .get_field_by_name("total")
+                .and_then(|value| value.as_f64())
+        };
+        assert_eq!(read(&from_json), Some(total));
+        let again = decoder
+            .decode(Some("application/json"), &from_json.encode(Encoding::Json))
+            .expect("own json output decodes");
+        assert_eq!(read(&again), Some(total));
+    }
+
+    /// Found with the `envelope_binary` fuzz target's round trip: a binary
+    /// `occurred_at` past year 9999 decoded, and its JSON form was `null`.
+    #[test]
+    fn occurred_at_must_have_a_json_form() {
+        let decoder = example_decoder();
+        let json = serde_json::to_vec(&created_v2_json()).expect("json");
+        let mut envelope = decoder
+            .decode(Some("application/json"), &json)
+            .expect("valid");
+        let cases = [
+            (253_402_300_799, 999_999_999, true),
+            (-62_135_596_800, 0, true),
+            (253_402_300_800, 0, false),
+            (-62_135_596_801, 0, false),
+            (1, -1, false),
+            (1, 1_000_000_000, false),
+        ];
+        for (seconds, nanos, valid) in cases {
+            envelope.occurred_at = prost_types::Timestamp { seconds, nanos };
+            let decoded = decoder.decode(None, &envelope.encode_protobuf());
+            match decoded {
+                Ok(decoded) => {
+                    assert!(valid, "{seconds}s {nanos}ns decoded");
+                    assert!(decoded.to_json()["occurredAt"].is_string());
+                }
+                Err(error) => {
+                    assert!(!valid, "{seconds}s {nanos}ns: {error}");
+                    assert_eq!(error, DecodeError::OccurredAtRange);
+                    assert_eq!(error.reason(), DeadLetterReason::InvalidEnvelope);
+                }
+            }
+        }
     }
 
     #[test]
