@@ -294,6 +294,15 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
+                    // After a reconnect the server pins this replica's new
+                    // pulls under a new id: learn it from the next message
+                    // rather than take the change for a takeover.
+                    let connects = self.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
+                    if let Some(active) = active.as_mut()
+                        && active.connects != connects
+                    {
+                        active.pin_id = None;
+                    }
                     if let Some(pin_id) = active.as_ref().and_then(|a| a.pin_id.as_deref())
                         && self.pin_moved(&consumer, pin_id).await
                     {
