@@ -291,9 +291,14 @@ dead_letter: {{ stream: {DEAD_LETTER_STREAM}, subject_prefix: {DEAD_LETTER_PREFI
 
     /// Waits until every sink settled at least `share` of what was published.
     pub async fn until_progress(&self, share: f64) -> bool {
+        self.until_progress_of(&SINKS, share).await
+    }
+
+    /// As [`World::until_progress`], for the slowest of `sinks` only.
+    pub async fn until_progress_of(&self, sinks: &[&str], share: f64) -> bool {
         let target = (self.model.last_seq() as f64 * share) as u64;
         wait_until(Duration::from_secs(300), || async {
-            self.slowest_floor(&SINKS)
+            self.slowest_floor(sinks)
                 .await
                 .is_some_and(|floor| floor >= target)
         })
