@@ -228,31 +228,12 @@ impl<S: Sink> Pipeline<S> {
                 // Past the byte budget, settle before reading more; while
                 // recovering, read on: the orphans must come back, and
                 // `max_ack_pending` bounds what is held meanwhile.
-                message = stream.next(), if recovery.is_some() || held.get() < self.limits.max_bytes_in_flight => match message {
+                message = stream.next(), if self.may_read(&held, recovery.is_some()) => match message {
                     Some(Ok(message)) => {
-                        // Messages the server sent while the connection was
-                        // down are lost in transit and come back only after
-                        // `ack_wait`, but later ones arrive now: after a
-                        // reconnect, recover as after a takeover.
-                        let connects = self.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-                        if let Some(seen) = active.as_mut().map(|active| &mut active.connects)
-                            && *seen != connects
-                        {
-                            *seen = connects;
-                            if recovery.is_none() {
-                                let info = consumer.get_info().await.ok();
-                                recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
-                                tracing::warn!(
-                                    consumer = %self.spec.durable_name,
-                                    waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
-                                    "Reconnected to NATS; holding new events until what was in transit has come back"
-                                );
-                            }
-                        }
+                        self.after_reconnect(&consumer, &mut active, &mut recovery).await;
                         if active.is_none() {
-                            let info = consumer.get_info().await.ok();
-                            recovery = Recovery::at_takeover(info.as_ref(), &self.settings);
-                            active = Some(Active { pin_id: None, connects });
+                            recovery = self.recovery(&consumer).await;
+                            active = Some(Active { pin_id: None, connects: self.connects() });
                             self.metrics.active(true);
                             self.restore_parked(&mut lanes).await;
                             tracing::info!(
@@ -271,7 +252,7 @@ impl<S: Sink> Pipeline<S> {
                                 active.note_pin(pin);
                             }
                             self.receive(&stream_name, message, &held, &mut recovery, &mut lanes).await;
-                            if recovery.is_none() && held.get() >= self.limits.max_bytes_in_flight {
+                            if !self.may_read(&held, recovery.is_some()) {
                                 break;
                             }
                             match stream.next().now_or_never() {
@@ -294,15 +275,7 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
-                    // After a reconnect the server pins this replica's new
-                    // pulls under a new id: learn it from the next message
-                    // rather than take the change for a takeover.
-                    let connects = self.client.statistics().connects.load(std::sync::atomic::Ordering::Relaxed);
-                    if let Some(active) = active.as_mut()
-                        && active.connects != connects
-                    {
-                        active.pin_id = None;
-                    }
+                    self.after_reconnect(&consumer, &mut active, &mut recovery).await;
                     if let Some(pin_id) = active.as_ref().and_then(|a| a.pin_id.as_deref())
                         && self.pin_moved(&consumer, pin_id).await
                     {
@@ -362,6 +335,54 @@ impl<S: Sink> Pipeline<S> {
         }
         tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
         Ok(())
+    }
+
+    /// Whether to read more: under the byte budget, or recovering.
+    fn may_read(&self, held: &HeldBytes, recovering: bool) -> bool {
+        recovering || held.get() < self.limits.max_bytes_in_flight
+    }
+
+    /// The client's connection count: a change is a reconnect.
+    fn connects(&self) -> u64 {
+        self.client
+            .statistics()
+            .connects
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Recovery as a replica becoming active needs it, from the consumer's
+    /// state now.
+    async fn recovery(&self, consumer: &PullConsumer) -> Option<Recovery> {
+        let info = consumer.get_info().await.ok();
+        Recovery::at_takeover(info.as_ref(), &self.settings)
+    }
+
+    /// After a reconnect, noticed by whichever comes first (a message or
+    /// the progress tick): the server pins this replica's new pulls under a
+    /// new id, learned from the next message rather than taken for a
+    /// takeover; and what it sent while the connection was down comes back
+    /// only after `ack_wait` while later events arrive now, so new events
+    /// wait as after a takeover.
+    async fn after_reconnect(
+        &self,
+        consumer: &PullConsumer,
+        active: &mut Option<Active>,
+        recovery: &mut Option<Recovery>,
+    ) {
+        let connects = self.connects();
+        let Some(active) = active.as_mut().filter(|active| active.connects != connects) else {
+            return;
+        };
+        active.connects = connects;
+        active.pin_id = None;
+        if recovery.is_none() {
+            *recovery = self.recovery(consumer).await;
+            tracing::warn!(
+                consumer = %self.spec.durable_name,
+                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                "Reconnected to NATS; holding new events until what was in transit has come back"
+            );
+        }
     }
 
     /// Whether the server has pinned another client than `pin_id` (a lost

@@ -10,31 +10,6 @@ use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A source `S` on `<prefix>.>` feeding the custom sinks named in `sinks`.
-fn custom_config(url: &str, stream: &str, prefix: &str, sinks: &str, extra: &str) -> String {
-    let names: Vec<&str> = sinks
-        .lines()
-        .filter_map(|line| line.trim().split_once(':').map(|(name, _)| name))
-        .filter(|name| !name.is_empty())
-        .collect();
-    config_yaml(
-        url,
-        &format!(
-            "
-sources:
-  s: {{ stream: {stream}, subjects: ['{prefix}.>'] }}
-sinks:
-{sinks}
-routes:
-  - {{ name: all, from: s, to: [{}] }}
-dead_letter: {{ stream: DLQ_{stream}, subject_prefix: dlq_{prefix} }}
-{extra}
-",
-            names.join(", ")
-        ),
-    )
-}
-
 fn numbered(prefix: &str, aggregate: &str, n: usize) -> String {
     format!("{prefix}-{aggregate}-{n}")
 }

@@ -18,27 +18,13 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Source `s` on `stream` (subjects `<stream lowercased>.>`) into one custom
 /// sink `main`, with `sink_keys` added to its block and `extra` at the end.
 fn custom_sink_yaml(url: &str, stream: &str, sink_keys: &str, extra: &str) -> String {
-    let lower = stream.to_lowercase();
     let sink_keys = if sink_keys.is_empty() {
         String::new()
     } else {
         format!(", {sink_keys}")
     };
-    config_yaml(
-        url,
-        &format!(
-            "
-sources:
-  s: {{ stream: {stream}, subjects: ['{lower}.>'] }}
-sinks:
-  main: {{ type: custom{sink_keys} }}
-routes:
-  - {{ name: all, from: s, to: [main] }}
-dead_letter: {{ stream: DLQ_{stream}, subject_prefix: dlq_{lower} }}
-{extra}
-"
-        ),
-    )
+    let sinks = format!("  main: {{ type: custom{sink_keys} }}");
+    custom_config(url, stream, &stream.to_lowercase(), &sinks, extra)
 }
 
 /// Reason per dead letter, keyed by `<sink> <event id>` (the id read from the

@@ -62,3 +62,30 @@ pub async fn until_settled(js: &jetstream::Context, stream: &str, sink: &str) {
     })
     .await;
 }
+
+/// Source `s` on `stream` (subjects `<prefix>.>`) routed to every sink of
+/// `sinks` (YAML lines of the `sinks:` block); dead letters in
+/// `DLQ_<stream>`; `extra` appended.
+pub fn custom_config(url: &str, stream: &str, prefix: &str, sinks: &str, extra: &str) -> String {
+    let names: Vec<&str> = sinks
+        .lines()
+        .filter_map(|line| line.trim().split_once(':').map(|(name, _)| name))
+        .filter(|name| !name.is_empty())
+        .collect();
+    config_yaml(
+        url,
+        &format!(
+            "
+sources:
+  s: {{ stream: {stream}, subjects: ['{prefix}.>'] }}
+sinks:
+{sinks}
+routes:
+  - {{ name: all, from: s, to: [{}] }}
+dead_letter: {{ stream: DLQ_{stream}, subject_prefix: dlq_{prefix} }}
+{extra}
+",
+            names.join(", ")
+        ),
+    )
+}
