@@ -54,6 +54,8 @@ pub struct KvSink {
     key: Template,
     rules: HashMap<String, Rule>,
     written: Mutex<HashMap<String, Cached>>,
+    /// The server's `max_payload`, read once: a larger document is refused.
+    max_payload: usize,
 }
 
 impl KvSink {
@@ -88,6 +90,7 @@ impl KvSink {
             .collect();
         Ok(Self {
             name: name.to_owned(),
+            max_payload: jetstream.client().server_info().max_payload,
             jetstream,
             store,
             key,
@@ -150,7 +153,7 @@ impl KvSink {
     ) -> Result<Option<u64>, SinkError> {
         let body = serde_json::to_vec(document).unwrap_or_default();
         // A document grown past the server's limit will not shrink on retry.
-        let max_payload = self.jetstream.client().server_info().max_payload;
+        let max_payload = self.max_payload;
         if body.len() > max_payload {
             return Err(SinkError::TooLarge {
                 subject: key.to_owned(),
