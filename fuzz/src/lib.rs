@@ -243,16 +243,28 @@ fn assert_same_verdict(
 }
 
 /// A decoded envelope, encoded in either encoding as the sinks publish it,
-/// decodes again to the same event.
+/// decodes again to the same event. A binary payload may hold a value the
+/// JSON mapping cannot express (a timestamp past year 9999): then the JSON
+/// encoding is refused, never written as `null`, and protobuf still round
+/// trips.
 fn assert_round_trips(envelope: &Envelope) {
     let json = envelope.to_json();
-    assert!(
-        json.get("payload")
-            .is_some_and(serde_json::Value::is_object),
-        "the envelope has a JSON form: {json}"
-    );
+    if let Ok(json) = &json {
+        assert!(
+            json.get("payload")
+                .is_some_and(serde_json::Value::is_object),
+            "the envelope's JSON form has its payload: {json}"
+        );
+    }
     for encoding in [Encoding::Protobuf, Encoding::Json] {
-        let body = envelope.encode(encoding);
+        let body = match envelope.encode(encoding) {
+            Ok(body) => body,
+            Err(error) => {
+                assert_eq!(encoding, Encoding::Json, "{error}");
+                assert!(json.is_err(), "JSON encoding refused, to_json accepted");
+                continue;
+            }
+        };
         match EXAMPLE
             .prepared
             .decoder

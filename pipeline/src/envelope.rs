@@ -476,27 +476,39 @@ impl Envelope {
     }
 
     /// The envelope in the proto3 JSON mapping, with the payload as an object.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// A payload holding a value that mapping cannot express (a
+    /// `google.protobuf.Timestamp` past year 9999, say) is valid protobuf but
+    /// has no JSON form: an error, never a silent `null`.
+    pub fn to_json(&self) -> Result<serde_json::Value, NoJsonForm> {
         let mut header = DynamicMessage::new(ENVELOPE_DESCRIPTOR.clone());
         // Transcoding between two views of the same descriptor cannot fail.
         let _ = header.transcode_from(&self.to_wire(Vec::new()));
-        let mut json = serde_json::to_value(&header).unwrap_or_default();
+        let mut json = serde_json::to_value(&header).map_err(NoJsonForm::of)?;
+        let payload = serde_json::to_value(&self.payload).map_err(NoJsonForm::of)?;
         if let serde_json::Value::Object(fields) = &mut json {
-            fields.insert(
-                "payload".to_owned(),
-                serde_json::to_value(&self.payload).unwrap_or_default(),
-            );
+            fields.insert("payload".to_owned(), payload);
         }
-        json
+        Ok(json)
     }
 
     /// The envelope in the given encoding.
-    pub fn encode(&self, encoding: Encoding) -> Vec<u8> {
+    pub fn encode(&self, encoding: Encoding) -> Result<Vec<u8>, NoJsonForm> {
         match encoding {
-            Encoding::Protobuf => self.encode_protobuf(),
+            Encoding::Protobuf => Ok(self.encode_protobuf()),
             // Serializing a `serde_json::Value` to bytes cannot fail.
-            Encoding::Json => serde_json::to_vec(&self.to_json()).unwrap_or_default(),
+            Encoding::Json => Ok(serde_json::to_vec(&self.to_json()?).unwrap_or_default()),
         }
+    }
+}
+
+/// An event whose payload the proto3 JSON mapping cannot express.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the event has no JSON form: {0}")]
+pub struct NoJsonForm(pub String);
+
+impl NoJsonForm {
+    fn of(error: serde_json::Error) -> Self {
+        NoJsonForm(error.to_string())
     }
 }
 
@@ -551,7 +563,10 @@ pub(crate) mod tests {
         let from_binary = decoder.decode(None, &binary).expect("valid binary");
         assert_eq!(from_binary, from_json);
         let again = decoder
-            .decode(Some("application/json"), &from_json.encode(Encoding::Json))
+            .decode(
+                Some("application/json"),
+                &from_json.encode(Encoding::Json).expect("json form"),
+            )
             .expect("own json output decodes");
         assert_eq!(again, from_json);
     }
@@ -578,7 +593,10 @@ pub(crate) mod tests {
         };
         assert_eq!(read(&from_json), Some(total));
         let again = decoder
-            .decode(Some("application/json"), &from_json.encode(Encoding::Json))
+            .decode(
+                Some("application/json"),
+                &from_json.encode(Encoding::Json).expect("json form"),
+            )
             .expect("own json output decodes");
         assert_eq!(read(&again), Some(total));
     }
@@ -606,7 +624,7 @@ pub(crate) mod tests {
             match decoded {
                 Ok(decoded) => {
                     assert!(valid, "{seconds}s {nanos}ns decoded");
-                    assert!(decoded.to_json()["occurredAt"].is_string());
+                    assert!(decoded.to_json().expect("json form")["occurredAt"].is_string());
                 }
                 Err(error) => {
                     assert!(!valid, "{seconds}s {nanos}ns: {error}");

@@ -10,6 +10,7 @@ use jetline::{
     sink::{Applied, Event, Sink, SinkError, custom::CustomSinks},
 };
 use prost::Message as _;
+use prost_reflect::ReflectMessage as _;
 
 use crate::support::*;
 
@@ -502,4 +503,108 @@ async fn unknown_event_types_and_versions_do_not_grow_the_label_sets() {
     assert!(page.contains("jetline_events_total"), "{page}");
     assert!(!page.contains("bogus"), "an input's type became a label");
     assert!(!page.contains("\"1000\"") && !page.contains("=\"1039\""));
+}
+
+/// A binary payload may hold a timestamp past year 9999: valid protobuf, but
+/// the proto3 JSON mapping has no form for it. A sink that writes JSON
+/// refuses that event (dead letter `sink_rejected`) instead of writing
+/// `null`; a sink that passes the protobuf through applies it.
+#[tokio::test]
+async fn a_payload_value_without_json_form_is_rejected_by_json_sinks_only() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "HT", &["ht.>"]).await;
+    // One output stream each: both publish with `Nats-Msg-Id` = event id.
+    create_stream(&js, "HT_JSON", &["htjson.>"]).await;
+    create_stream(&js, "HT_PB", &["htpb.>"]).await;
+    let yaml = config_yaml(
+        &server.url(),
+        "
+sources:
+  s: { stream: HT, subjects: ['ht.>'] }
+sinks:
+  as_json: { type: jetstream, subject: 'htjson.{aggregate_id}', format: json }
+  as_protobuf: { type: jetstream, subject: 'htpb.{aggregate_id}' }
+  doc:
+    type: kv
+    bucket: HT_DOCS
+    key: '{aggregate_id}'
+    on:
+      orders.OrderShipped: { set: { shipped_at: payload.shipped_at } }
+routes:
+  - { name: all, from: s, to: [as_json, as_protobuf, doc] }
+dead_letter: { stream: DLQ_HT, subject_prefix: dlq_ht }
+",
+    );
+    let shipped_at = |aggregate: &str, seconds: i64| {
+        let mut envelope = decode_json(&shipped_v1(&format!("{aggregate}-1"), aggregate, "t"));
+        let field = envelope
+            .payload
+            .descriptor()
+            .get_field_by_name("shipped_at")
+            .expect("shipped_at");
+        let prost_reflect::Kind::Message(timestamp) = field.kind() else {
+            panic!("shipped_at is a message");
+        };
+        let mut value = prost_reflect::DynamicMessage::new(timestamp);
+        value.set_field_by_name("seconds", prost_reflect::Value::I64(seconds));
+        envelope
+            .payload
+            .set_field(&field, prost_reflect::Value::Message(value));
+        Outgoing::raw(
+            "ht.shipped",
+            Some("application/protobuf"),
+            &envelope.encode_protobuf(),
+        )
+    };
+    publish_all(
+        &js,
+        vec![
+            shipped_at("far", 253_402_300_800),
+            shipped_at("near", 1_800_000_000),
+        ],
+    )
+    .await;
+
+    let running = Running::start(&yaml);
+    for sink in ["as_json", "as_protobuf", "doc"] {
+        eventually(TIMEOUT, "every event settled", || async {
+            consumer_settled(&js, "HT", &format!("jetline-s-{sink}"))
+                .await
+                .then_some(())
+        })
+        .await;
+    }
+    running.stop().await;
+
+    for (stream, expected) in [
+        ("HT_JSON", &["htjson.near"][..]),
+        ("HT_PB", &["htpb.far", "htpb.near"][..]),
+    ] {
+        let mut copied: Vec<String> = stream_messages(&js, stream)
+            .await
+            .iter()
+            .map(|message| message.subject.to_string())
+            .collect();
+        copied.sort();
+        assert_eq!(copied, expected, "{stream}");
+    }
+    let store = js.get_key_value("HT_DOCS").await.expect("bucket");
+    assert!(store.get("far").await.expect("read").is_none());
+    let near = store
+        .get("near")
+        .await
+        .expect("read")
+        .expect("near applied");
+    let near: serde_json::Value = serde_json::from_slice(&near).expect("document");
+    assert_eq!(near["shipped_at"], "2027-01-15T08:00:00Z", "{near}");
+    let letters = dead_letters(&js, "DLQ_HT").await;
+    let expected: BTreeMap<String, String> = [
+        ("as_json far-1", "sink_rejected"),
+        ("doc far-1", "sink_rejected"),
+    ]
+    .into_iter()
+    .map(|(key, reason)| (key.to_owned(), reason.to_owned()))
+    .collect();
+    assert_eq!(letters, expected);
 }

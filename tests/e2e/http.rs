@@ -78,7 +78,7 @@ async fn a_503_is_retried_after_its_retry_after_with_the_same_idempotency_key() 
         );
         assert_eq!(request.header("jetline-source-stream"), Some("HOOK"));
         // The body is the envelope in JSON with the payload as an object.
-        let expected = decode_json(event).to_json();
+        let expected = decode_json(event).to_json().expect("json form");
         assert_eq!(request.body, expected, "{id}");
         assert_eq!(request.body["payload"]["customerId"], "c-1");
     }

@@ -268,10 +268,14 @@ fn show(entry: &Entry, decoder: &Decoder) -> serde_json::Value {
             (name.to_owned(), serde_json::Value::from(values.join(", ")))
         })
         .collect();
-    let envelope = match decoder.decode(entry.header("Content-Type"), &entry.body) {
-        Ok(envelope) => envelope.to_json(),
+    let shown = decoder
+        .decode(entry.header("Content-Type"), &entry.body)
+        .map_err(|error| error.to_string())
+        .and_then(|envelope| envelope.to_json().map_err(|error| error.to_string()));
+    let envelope = match shown {
+        Ok(envelope) => envelope,
         Err(error) => serde_json::json!({
-            "undecodable": error.to_string(),
+            "undecodable": error,
             "peek": envelope::peek(entry.header("Content-Type"), &entry.body).map(|peek| serde_json::json!({
                 "eventId": peek.event_id,
                 "eventType": peek.event_type,

@@ -72,7 +72,10 @@ pub async fn run(config: Config, args: PublishArgs) -> Result<String, RunError> 
                 .map_err(|err| RunError::Usage(format!("line {}: {err}", number + 1)))?;
             headers.insert("Content-Type", encoding.content_type());
             headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
-            (target, envelope.encode(encoding))
+            let body = envelope
+                .encode(encoding)
+                .map_err(|err| RunError::Usage(format!("line {}: {err}", number + 1)))?;
+            (target, body)
         };
         let ack = jetstream
             .publish_with_headers(target, headers, body.into())

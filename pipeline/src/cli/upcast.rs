@@ -11,7 +11,7 @@ use super::ConfigArg;
 use crate::{
     Prepared,
     config::UnknownFields,
-    envelope::{CONTENT_TYPE_JSON, DecodeError},
+    envelope::{CONTENT_TYPE_JSON, DecodeError, NoJsonForm},
     upcast::UpcastError,
 };
 
@@ -46,6 +46,8 @@ pub enum UpcastCommandError {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Upcast(#[from] UpcastError),
+    #[error(transparent)]
+    NoJsonForm(#[from] NoJsonForm),
 }
 
 /// Upcasts the event in `input` and returns it as JSON, in the form it came.
@@ -78,7 +80,7 @@ pub fn upcast_json(
             });
         }
         prepared.upcasters.upcast(&mut envelope, args.to_version)?;
-        return Ok(envelope.to_json());
+        return Ok(envelope.to_json()?);
     }
     let (Some(event_type), Some(version)) = (&args.event_type, args.from_version) else {
         return Err(UpcastCommandError::MissingType);

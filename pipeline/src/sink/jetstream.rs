@@ -116,7 +116,7 @@ impl Sink for JetStreamSink {
             })?;
         let body = match event.original_body(self.encoding) {
             Some(original) => original.clone(),
-            None => event.envelope.encode(self.encoding).into(),
+            None => event.envelope.encode(self.encoding)?.into(),
         };
         let publish_error = |kind: PublishErrorKind, message: String| match kind {
             PublishErrorKind::StreamNotFound => SinkError::NoStream {

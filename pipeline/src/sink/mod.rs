@@ -19,7 +19,7 @@ use prost_reflect::MessageDescriptor;
 
 use crate::{
     config::{Config, ConfigError, SinkKind},
-    envelope::{Encoding, Envelope},
+    envelope::{Encoding, Envelope, NoJsonForm},
     schema::SchemaRegistry,
     source::Delivery,
     template::TemplateError,
@@ -99,6 +99,8 @@ pub enum SinkError {
     Unavailable(String),
     #[error("cannot take value {0}")]
     Value(#[from] value::ValueError),
+    #[error(transparent)]
+    NoJsonForm(#[from] NoJsonForm),
     #[error("document {key}: {message}")]
     Document { key: String, message: String },
     #[error("key-value store: {0}")]
@@ -146,6 +148,7 @@ impl SinkError {
             SinkError::Rejected(_) => ErrorClass::Permanent,
             SinkError::Unavailable(_) => ErrorClass::Transient,
             SinkError::Value(_) => ErrorClass::Permanent,
+            SinkError::NoJsonForm(_) => ErrorClass::Permanent,
             SinkError::Document { .. } => ErrorClass::Permanent,
             SinkError::KeyValue(_) => ErrorClass::Transient,
             SinkError::Conflict { .. } => ErrorClass::Transient,

@@ -16,7 +16,7 @@ use prost_reflect::{
 use serde::{Deserialize, Deserializer};
 use time::{OffsetDateTime, format_description::well_known::Rfc3339};
 
-use crate::envelope::Envelope;
+use crate::envelope::{Envelope, NoJsonForm};
 
 const TIMESTAMP_MESSAGE: &str = "google.protobuf.Timestamp";
 
@@ -297,7 +297,10 @@ impl ValueSpec {
     ) -> Result<serde_json::Value, ValueError> {
         match self {
             ValueSpec::Literal(value) => Ok(value.clone()),
-            ValueSpec::Path(path) => Ok(path.lookup(envelope, position)?.to_json()),
+            ValueSpec::Path(path) => {
+                let found = path.lookup(envelope, position)?;
+                found.to_json().map_err(|error| path.error(error.0))
+            }
         }
     }
 }
@@ -378,11 +381,13 @@ impl Found<'_> {
     /// JSON: 64-bit integers as numbers, enums by name, timestamps in
     /// RFC 3339, bytes in base64, messages in the proto3 JSON mapping with
     /// the schema's field names and every field present.
-    pub fn to_json(&self) -> serde_json::Value {
+    /// The value in the proto3 JSON mapping; a timestamp outside years
+    /// 1 to 9999 (or a message holding one) has none.
+    pub fn to_json(&self) -> Result<serde_json::Value, NoJsonForm> {
         match self {
-            Found::Absent => serde_json::Value::Null,
-            Found::Text(text) => serde_json::Value::String(text.to_string()),
-            Found::Int(number) => serde_json::Value::from(*number),
+            Found::Absent => Ok(serde_json::Value::Null),
+            Found::Text(text) => Ok(serde_json::Value::String(text.to_string())),
+            Found::Int(number) => Ok(serde_json::Value::from(*number)),
             Found::Timestamp(timestamp) => timestamp_json(timestamp),
             Found::Field(value, field) => field_json(value, &field.kind()),
         }
@@ -403,10 +408,13 @@ impl Found<'_> {
     }
 }
 
-fn timestamp_json(timestamp: &prost_types::Timestamp) -> serde_json::Value {
+fn timestamp_json(timestamp: &prost_types::Timestamp) -> Result<serde_json::Value, NoJsonForm> {
     match timestamp_rfc3339(timestamp) {
-        Some(text) => serde_json::Value::String(text),
-        None => serde_json::Value::Null,
+        Some(text) => Ok(serde_json::Value::String(text)),
+        None => Err(NoJsonForm(format!(
+            "timestamp {}s {}ns is out of range (years 1 to 9999)",
+            timestamp.seconds, timestamp.nanos
+        ))),
     }
 }
 
@@ -419,10 +427,10 @@ pub fn timestamp_rfc3339(timestamp: &prost_types::Timestamp) -> Option<String> {
         .ok()
 }
 
-fn field_json(value: &prost_reflect::Value, kind: &Kind) -> serde_json::Value {
+fn field_json(value: &prost_reflect::Value, kind: &Kind) -> Result<serde_json::Value, NoJsonForm> {
     use base64::Engine as _;
     use prost_reflect::Value;
-    match value {
+    Ok(match value {
         Value::Bool(v) => serde_json::Value::Bool(*v),
         Value::I32(v) => (*v).into(),
         Value::I64(v) => (*v).into(),
@@ -445,8 +453,11 @@ fn field_json(value: &prost_reflect::Value, kind: &Kind) -> serde_json::Value {
             },
             _ => (*number).into(),
         },
-        Value::Message(message) => message_json(message),
-        Value::List(items) => items.iter().map(|item| field_json(item, kind)).collect(),
+        Value::Message(message) => message_json(message)?,
+        Value::List(items) => items
+            .iter()
+            .map(|item| field_json(item, kind))
+            .collect::<Result<_, _>>()?,
         Value::Map(entries) => {
             let value_kind = match kind {
                 Kind::Message(entry) => entry.map_entry_value_field().kind(),
@@ -454,22 +465,21 @@ fn field_json(value: &prost_reflect::Value, kind: &Kind) -> serde_json::Value {
             };
             let object: serde_json::Map<String, serde_json::Value> = entries
                 .iter()
-                .map(|(key, item)| (map_key_text(key), field_json(item, &value_kind)))
-                .collect();
+                .map(|(key, item)| Ok((map_key_text(key), field_json(item, &value_kind)?)))
+                .collect::<Result<_, NoJsonForm>>()?;
             serde_json::Value::Object(object)
         }
-    }
+    })
 }
 
-fn message_json(message: &DynamicMessage) -> serde_json::Value {
+fn message_json(message: &DynamicMessage) -> Result<serde_json::Value, NoJsonForm> {
     let options = SerializeOptions::new()
         .stringify_64_bit_integers(false)
         .use_proto_field_name(true)
         .skip_default_fields(false);
-    // Serializing a decoded message into a JSON value cannot fail.
     message
         .serialize_with_options(serde_json::value::Serializer, &options)
-        .unwrap_or(serde_json::Value::Null)
+        .map_err(|error| NoJsonForm(error.to_string()))
 }
 
 fn map_key_text(key: &prost_reflect::MapKey) -> String {
@@ -665,10 +675,42 @@ pub(crate) mod tests {
         for (envelope, text, expected) in cases {
             let path = ValuePath::parse(text).expect("a path");
             let found = path.lookup(envelope, position).expect("found");
-            assert_eq!(&found.to_json(), expected, "{text}");
+            assert_eq!(&found.to_json().expect("json form"), expected, "{text}");
         }
         // A field the event's version does not have.
         let path = ValuePath::parse("payload.tracking_number").expect("a path");
         assert!(path.lookup(&created, position).is_err());
+    }
+
+    /// A binary payload may hold a timestamp past year 9999: valid protobuf
+    /// with no JSON form. Writing it must fail, not write `null`.
+    #[test]
+    fn a_timestamp_without_json_form_is_an_error_not_null() {
+        let mut shipped = example_event("orders.OrderShipped", 1, serde_json::json!({}));
+        let field = shipped
+            .payload
+            .descriptor()
+            .get_field_by_name("shipped_at")
+            .expect("shipped_at");
+        let prost_reflect::Kind::Message(timestamp) = field.kind() else {
+            panic!("shipped_at is a message");
+        };
+        let mut value = DynamicMessage::new(timestamp);
+        value.set_field_by_name("seconds", prost_reflect::Value::I64(253_402_300_800));
+        shipped
+            .payload
+            .set_field(&field, prost_reflect::Value::Message(value));
+        let position = Position {
+            stream: "ORDERS",
+            seq: 1,
+        };
+        let spec = ValueSpec::Path(ValuePath::parse("payload.shipped_at").expect("a path"));
+        let error = spec.to_json(&shipped, position).expect_err("no JSON form");
+        assert_eq!(error.path, "payload.shipped_at");
+        assert!(error.problem.contains("out of range"), "{error}");
+        let error = shipped.to_json().expect_err("no JSON form");
+        assert!(error.to_string().contains("no JSON form"), "{error}");
+        assert!(shipped.encode(crate::envelope::Encoding::Json).is_err());
+        assert!(shipped.encode(crate::envelope::Encoding::Protobuf).is_ok());
     }
 }

@@ -131,7 +131,7 @@ impl Sink for HttpSink {
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
         let headers = self.request_headers(event)?;
         // Serializing a `serde_json::Value` cannot fail.
-        let body = serde_json::to_vec(&event.envelope.to_json()).unwrap_or_default();
+        let body = serde_json::to_vec(&event.envelope.to_json()?).unwrap_or_default();
         let response = self
             .client
             .post(self.url.clone())

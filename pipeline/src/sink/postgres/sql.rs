@@ -84,18 +84,25 @@ impl SqlValue {
                 _ => None,
             },
             (ValueType::Bytes, Some(Value::Bytes(v))) => Some(SqlValue::Bytes(v.to_vec())),
-            (ValueType::Enum, Some(Value::EnumNumber(_))) => match found.to_json() {
-                serde_json::Value::String(name) => Some(SqlValue::Text(name)),
-                number => Some(SqlValue::Text(number.to_string())),
-            },
+            (ValueType::Enum, Some(Value::EnumNumber(_))) => {
+                match found.to_json().map_err(|error| error.0)? {
+                    serde_json::Value::String(name) => Some(SqlValue::Text(name)),
+                    number => Some(SqlValue::Text(number.to_string())),
+                }
+            }
             (ValueType::Timestamp, _) => match found.timestamp() {
                 Some(timestamp) => Some(SqlValue::Timestamp(system_time(&timestamp)?)),
                 None => None,
             },
-            (ValueType::Json, Some(_)) => Some(SqlValue::Json(found.to_json())),
+            (ValueType::Json, Some(_)) => {
+                Some(SqlValue::Json(found.to_json().map_err(|error| error.0)?))
+            }
             _ => None,
         };
-        converted.ok_or_else(|| format!("expected {target:?}, found {}", found.to_json()))
+        converted.ok_or_else(|| {
+            let found = found.to_json().unwrap_or(serde_json::Value::Null);
+            format!("expected {target:?}, found {found}")
+        })
     }
 }
 
