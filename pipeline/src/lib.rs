@@ -29,6 +29,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod envelope;
 pub mod lanes;
+pub mod membership;
 pub mod nats;
 pub mod outcome;
 pub mod pipeline;
@@ -43,7 +44,7 @@ pub mod text;
 pub mod upcast;
 pub mod wire_check;
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc};
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -81,6 +82,8 @@ pub enum RunError {
     DeadLetter(#[from] DeadLetterError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(transparent)]
+    Membership(#[from] membership::MembershipError),
     #[error("sink {sink}: {source}")]
     Sink {
         sink: String,
@@ -104,6 +107,7 @@ impl RunError {
             | RunError::Publish(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
+            | RunError::Membership(_)
             | RunError::Sink { .. }
             | RunError::Metrics(_) => 1,
         }
@@ -216,6 +220,7 @@ pub async fn run_prepared(
         &config.dead_letter.subject_prefix,
     );
     dead_letters.ensure_stream().await?;
+    let replicas = Replicas::start(config, &jetstream, &shutdown).await?;
 
     let mut consumers = JoinSet::new();
     for (sink_name, sink) in &config.sinks {
@@ -225,6 +230,7 @@ pub async fn run_prepared(
             dead_letters: &dead_letters,
             readiness: &readiness,
             shutdown: &shutdown,
+            replicas: &replicas,
         };
         let sink_error = |source| RunError::Sink {
             sink: sink_name.clone(),
@@ -300,6 +306,8 @@ pub async fn run_prepared(
     // Both hold nothing to settle.
     poller.abort();
     upkeep.abort();
+    // The lease goes last: the consumers have handed back their partitions.
+    replicas.stop().await;
     // Pending acks and nak's are flushed before the connection goes.
     let _ = client.flush().await;
     match first_error {
@@ -314,6 +322,77 @@ struct SpawnContext<'a> {
     dead_letters: &'a DeadLetters,
     readiness: &'a Arc<Readiness>,
     shutdown: &'a CancellationToken,
+    replicas: &'a Replicas,
+}
+
+/// This replica among the others: its lease and the ownership of each
+/// partition, kept only when some (source, sink) is partitioned.
+struct Replicas {
+    active: membership::ActiveSet,
+    owned: BTreeMap<String, membership::Owned>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Replicas {
+    async fn start(
+        config: &Config,
+        jetstream: &async_nats::jetstream::Context,
+        shutdown: &CancellationToken,
+    ) -> Result<Self, RunError> {
+        let active = membership::ActiveSet::default();
+        let stop = shutdown.child_token();
+        let partitioned: Vec<&config::PipelineSpec> = config
+            .pipelines
+            .iter()
+            .filter(|spec| spec.is_partitioned())
+            .collect();
+        // The lease is the shortest takeover among the partitioned sinks: a
+        // dead replica's partitions move about as fast as a pin expires.
+        let Some(lease) = partitioned
+            .iter()
+            .map(|spec| config.sinks[&spec.sink].consumer.takeover_after)
+            .min()
+        else {
+            return Ok(Self {
+                active,
+                owned: BTreeMap::new(),
+                keeper: None,
+                stop,
+            });
+        };
+        let store = membership::open(jetstream, &config.dead_letter.stream, lease).await?;
+        let instance = membership::instance_name();
+        let mut owned = BTreeMap::new();
+        let mut partitions = Vec::new();
+        for spec in partitioned {
+            let (partition, receiver) = membership::Partition::of(spec);
+            partitions.push(partition);
+            owned.insert(spec.durable_name.clone(), receiver);
+        }
+        tracing::info!(instance = %instance, partitions = partitions.len(), lease = ?lease, "Sharing partitions with the other replicas");
+        let keeper = tokio::spawn(membership::keep(
+            store,
+            instance,
+            lease,
+            active.clone(),
+            partitions,
+            stop.clone(),
+        ));
+        Ok(Self {
+            active,
+            owned,
+            keeper: Some(keeper),
+            stop,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        if let Some(keeper) = self.keeper {
+            let _ = keeper.await;
+        }
+    }
 }
 
 impl SpawnContext<'_> {
@@ -345,6 +424,7 @@ impl SpawnContext<'_> {
             let metrics = ConsumerMetrics::new(
                 &spec.source,
                 sink_name,
+                &spec.durable_name,
                 event_types.keys().copied(),
                 upcasts.iter().cloned(),
             );
@@ -362,6 +442,8 @@ impl SpawnContext<'_> {
                 readiness: Arc::clone(self.readiness),
                 limits: config.limits.clone(),
                 parked: std::sync::OnceLock::new(),
+                owned: self.replicas.owned.get(&spec.durable_name).cloned(),
+                active_set: self.replicas.active.clone(),
             });
             consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }

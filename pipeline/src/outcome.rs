@@ -186,6 +186,15 @@ pub async fn progress(client: &async_nats::Client, delivery: &Delivery) {
     let _ = delivery.acknowledge(client, AckKind::Progress).await;
 }
 
+/// Ack a delivery that belongs to another partition of the same (source,
+/// sink): that partition's consumer applies it.
+pub async fn pass(client: &async_nats::Client, delivery: &Delivery) {
+    let result = delivery.acknowledge(client, AckKind::Ack).await;
+    if let Err(error) = result {
+        tracing::debug!(stream_seq = delivery.stream_seq, error = %error, "Ack of another partition's event failed; it comes back");
+    }
+}
+
 /// Nak without delay: hand the delivery back at shutdown.
 pub async fn release(client: &async_nats::Client, delivery: &Delivery) {
     let _ = delivery.acknowledge(client, AckKind::Nak(None)).await;

@@ -21,6 +21,7 @@ use crate::{
     dead_letter::{self, DeadLetterReason, DeadLetters, parked::Parked},
     envelope::{self, DecodeError, Decoder, Encoding, PayloadNeed},
     lanes::{Completion, Dispatch, Lanes},
+    membership::{self, ActiveSet, Owned},
     outcome::{self, Outcome, Settler},
     route::Router,
     sink::{Event, Sink, SinkError},
@@ -49,6 +50,11 @@ pub struct Pipeline<S> {
     /// The durable parked set, with `on_dead_letter: park_key` (opened when
     /// the consumer starts).
     pub parked: std::sync::OnceLock<Parked>,
+    /// Whether the assignment gives this replica the partition (`None`:
+    /// not partitioned).
+    pub owned: Option<Owned>,
+    /// The consumers this replica is active on, for its lease.
+    pub active_set: ActiveSet,
 }
 
 /// Deliveries taken from the pull stream in one go once one has arrived:
@@ -58,6 +64,9 @@ const ADMIT_BATCH: usize = 256;
 /// Room in a pull's byte limit for a message's subject and headers beyond
 /// the server's payload limit.
 const BATCH_BYTES_SLACK: usize = 64 * 1024;
+
+/// Time beyond a pull request's expiry for the server to have expired it.
+const PULL_EXPIRY_SLACK: Duration = Duration::from_millis(500);
 
 /// A delivery admitted to the lanes.
 // `Apply` is the common case: boxing it to even the sizes would allocate per event.
@@ -160,7 +169,7 @@ impl<S: Sink> Pipeline<S> {
         // the consumer's pin, and the others stand by.
         let mut active: Option<Active> = None;
         self.readiness.consumer_bound();
-        self.metrics.active(false);
+        self.mark_active(false);
         tracing::info!(
             source = %self.spec.source,
             sink = %self.spec.sink,
@@ -182,8 +191,12 @@ impl<S: Sink> Pipeline<S> {
         let batch_bytes = (self.limits.max_bytes_in_flight / 4)
             .max(self.client.server_info().max_payload + BATCH_BYTES_SLACK);
 
+        // Partitioned, this replica pulls only while the assignment gives
+        // it this partition; otherwise always (the pin decides who gets it).
+        let mut owned = self.owned.clone();
         loop {
-            if messages.is_none() {
+            let pulling = owned.as_ref().is_none_or(|owned| *owned.borrow());
+            if pulling && messages.is_none() {
                 match source::messages(
                     &consumer,
                     &self.settings,
@@ -202,13 +215,24 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
             }
-            let Some(stream) = messages.as_mut() else {
-                continue;
-            };
             let recovery_deadline = recovery.as_ref().map(|r| r.deadline);
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
+                // A partition counts as active where it is assigned: the
+                // pin follows once the previous owner has handed it back.
+                mine = ownership_change(&mut owned) => {
+                    if mine {
+                        tracing::info!(consumer = %self.spec.durable_name, "Partition assigned to this replica");
+                        self.mark_active(true);
+                    } else {
+                        if messages.is_some() || active.is_some() {
+                            tracing::info!(consumer = %self.spec.durable_name, "Partition assigned to another replica; handing it over");
+                            self.hand_back(&jetstream, &stream_name, &held, &mut messages, &mut lanes, &mut in_flight, &mut recovery, &mut active).await;
+                        }
+                        self.mark_active(false);
+                    }
+                }
                 _ = sleep_until(recovery_deadline) => {
                     if let Some(done) = recovery.take() {
                         tracing::info!(consumer = %self.spec.durable_name, returned = done.returned.len(), "Recovery window over");
@@ -228,13 +252,13 @@ impl<S: Sink> Pipeline<S> {
                 // Past the byte budget, settle before reading more; while
                 // recovering, read on: the orphans must come back, and
                 // `max_ack_pending` bounds what is held meanwhile.
-                message = stream.next(), if self.may_read(&held, recovery.is_some()) => match message {
+                message = next_message(&mut messages), if self.may_read(&held, recovery.is_some()) => match message {
                     Some(Ok(message)) => {
                         self.after_reconnect(&consumer, &mut active, &mut recovery).await;
                         if active.is_none() {
                             recovery = self.recovery(&consumer).await;
                             active = Some(Active { pin_id: None, connects: self.connects() });
-                            self.metrics.active(true);
+                            self.mark_active(true);
                             self.restore_parked(&mut lanes).await;
                             tracing::info!(
                                 consumer = %self.spec.durable_name,
@@ -243,18 +267,23 @@ impl<S: Sink> Pipeline<S> {
                             );
                         }
                         // What the client already holds is admitted at once.
+                        // Every message taken from the stream is received: one
+                        // taken and then dropped would come back only after
+                        // `ack_wait`, behind its aggregate's later events.
                         let mut next = Some(message);
-                        for _ in 0..ADMIT_BATCH {
-                            let Some(message) = next.take() else {
-                                break;
-                            };
+                        let mut admitted = 0;
+                        while let Some(message) = next.take() {
                             if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
                                 active.note_pin(pin);
                             }
                             self.receive(&stream_name, message, &held, &mut recovery, &mut lanes).await;
-                            if !self.may_read(&held, recovery.is_some()) {
+                            admitted += 1;
+                            if admitted == ADMIT_BATCH || !self.may_read(&held, recovery.is_some()) {
                                 break;
                             }
+                            let Some(stream) = messages.as_mut() else {
+                                break;
+                            };
                             match stream.next().now_or_never() {
                                 Some(Some(Ok(message))) => next = Some(message),
                                 Some(Some(Err(error))) => {
@@ -288,7 +317,7 @@ impl<S: Sink> Pipeline<S> {
                             outcome::release(&self.client, delivery).await;
                         }
                         active = None;
-                        self.metrics.active(false);
+                        self.mark_active(false);
                         continue;
                     }
                     for work in lanes.waiting() {
@@ -301,40 +330,81 @@ impl<S: Sink> Pipeline<S> {
             }
         }
 
-        // Finish what is in flight, then hand back what has not started:
-        // first take what the client already holds and stop pulling, so the
-        // nak'd messages wait on the server for the next run instead of
-        // coming back to this one.
+        self.hand_back(
+            &jetstream,
+            &stream_name,
+            &held,
+            &mut messages,
+            &mut lanes,
+            &mut in_flight,
+            &mut recovery,
+            &mut active,
+        )
+        .await;
+        tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
+        Ok(())
+    }
+
+    /// Stops applying, at shutdown or when the partition moves: finishes
+    /// what is in flight, then hands back what has not started. It first
+    /// takes what the client already holds and stops pulling, so the nak'd
+    /// messages wait on the server for the next owner instead of coming
+    /// back here; then it releases the pin, so the next owner need not
+    /// wait `takeover_after`.
+    #[allow(clippy::too_many_arguments)]
+    async fn hand_back<'a>(
+        &'a self,
+        jetstream: &async_nats::jetstream::Context,
+        stream_name: &Arc<str>,
+        held: &HeldBytes,
+        messages: &mut Option<async_nats::jetstream::consumer::pull::Stream>,
+        lanes: &mut Lanes<Work>,
+        in_flight: &mut FuturesUnordered<InFlight<'a>>,
+        recovery: &mut Option<Recovery>,
+        active: &mut Option<Active>,
+    ) {
         while let Some((key, seq, completion)) = in_flight.next().await {
             lanes.complete(key.as_deref(), seq, completion);
         }
         let mut unread = Vec::new();
         if let Some(mut stream) = messages.take() {
             while let Some(Some(Ok(message))) = stream.next().now_or_never() {
-                if let Ok(delivery) = Delivery::from_message(&stream_name, message, &held) {
+                if let Ok(delivery) = Delivery::from_message(stream_name, message, held) {
                     unread.push(delivery);
                 }
             }
         }
-        let held = recovery.iter().flat_map(|r| r.held.iter());
+        let kept = recovery.take().map(Recovery::release).unwrap_or_default();
+        tracing::debug!(consumer = %self.spec.durable_name, unread = unread.len(), kept = kept.len(), "Handing back");
         for delivery in lanes
-            .waiting()
+            .drain_waiting()
+            .iter()
             .map(Work::delivery)
-            .chain(held)
+            .chain(&kept)
             .chain(&unread)
         {
             outcome::release(&self.client, delivery).await;
         }
-        if active.is_some() {
-            // A standby may take over now rather than after `takeover_after`.
+        if active.take().is_some() {
+            self.mark_active(false);
+            // Pull requests this replica sent are still open on the server
+            // until they expire: unpinned now, the server could pin one of
+            // them and deliver into an inbox nobody reads, after the next
+            // owner has counted what is pending. Once they have expired,
+            // everything delivered here is pending when it counts.
+            tokio::time::sleep(self.settings.pull_expiry() + PULL_EXPIRY_SLACK).await;
             if let Ok(stream) = jetstream.get_stream(&self.spec.stream).await {
                 let _ = stream
                     .unpin_consumer(&self.spec.durable_name, source::PRIORITY_GROUP)
                     .await;
             }
         }
-        tracing::info!(consumer = %self.spec.durable_name, "Consumer stopped");
-        Ok(())
+    }
+
+    /// This replica is (or stops being) the one applying this consumer.
+    fn mark_active(&self, active: bool) {
+        self.metrics.active(active);
+        self.active_set.set(&self.spec.durable_name, active);
     }
 
     /// Whether to read more: under the byte budget, or recovering.
@@ -458,6 +528,10 @@ impl<S: Sink> Pipeline<S> {
     /// Decodes and routes a delivery, then queues it behind its aggregate.
     async fn admit(&self, delivery: Delivery, lanes: &mut Lanes<Work>) {
         let seq = delivery.stream_seq;
+        if !self.in_partition(&delivery) {
+            outcome::pass(&self.client, &delivery).await;
+            return;
+        }
         if dead_letter::redrive_sink(delivery.headers.as_ref())
             .is_some_and(|sink| sink != self.spec.sink)
         {
@@ -532,6 +606,23 @@ impl<S: Sink> Pipeline<S> {
                 self.metrics.validation_failure(error.reason());
                 let _ = lanes.admit(None, seq, Work::Reject(delivery, error));
             }
+        }
+    }
+
+    /// Whether the delivery's aggregate is in this consumer's partition;
+    /// one without a readable aggregate id is partition 0's, which
+    /// dead-letters it.
+    fn in_partition(&self, delivery: &Delivery) -> bool {
+        let partition = self.spec.partition;
+        if partition.count <= 1 {
+            return true;
+        }
+        match envelope::peek(delivery.content_type(), &delivery.body) {
+            Some(peek) => {
+                membership::partition_of(peek.aggregate_id.as_bytes(), partition.count)
+                    == partition.index
+            }
+            None => partition.index == 0,
         }
     }
 
@@ -728,6 +819,31 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
         .unwrap_or("no message");
     text::cut(text, text::LOGGED_CHARS).into_owned()
+}
+
+/// The next message of the pull, or never while not pulling.
+async fn next_message(
+    messages: &mut Option<async_nats::jetstream::consumer::pull::Stream>,
+) -> Option<
+    Result<async_nats::jetstream::Message, async_nats::jetstream::consumer::pull::MessagesError>,
+> {
+    match messages {
+        Some(stream) => stream.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether this replica now owns the partition, when that changes; never
+/// for a consumer that is not partitioned (or once the assignment is no
+/// longer kept, at shutdown).
+async fn ownership_change(owned: &mut Option<Owned>) -> bool {
+    let Some(receiver) = owned.as_mut() else {
+        return std::future::pending().await;
+    };
+    match receiver.changed().await {
+        Ok(()) => *receiver.borrow_and_update(),
+        Err(_) => std::future::pending().await,
+    }
 }
 
 /// Sleeps until `deadline`, or forever without one.

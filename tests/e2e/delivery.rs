@@ -457,3 +457,55 @@ async fn soak_every_event_is_applied_or_dead_lettered_in_order() {
         );
     }
 }
+
+/// A backlog larger than one admit batch (256 deliveries taken in one go):
+/// each message taken from the pull is admitted, none is left to come back
+/// after `ack_wait` behind its aggregate's later events.
+#[tokio::test]
+async fn a_backlog_larger_than_one_admit_batch_is_applied_in_order_at_once() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "BACKLOG", &["backlog.>"]).await;
+    create_stream(&js, "BACKLOG_OUT", &["backlogout.>"]).await;
+    let aggregates: Vec<String> = (0..10).map(|a| format!("b{a}")).collect();
+    let events = interleaved("e", &aggregates, 300);
+    publish_events(&js, "backlog.created", &events).await;
+    let yaml = config_yaml(
+        &server.url(),
+        "
+sources:
+  s: { stream: BACKLOG, subjects: ['backlog.>'] }
+sinks:
+  copy: { type: jetstream, subject: 'backlogout.{aggregate_id}' }
+routes:
+  - { name: all, from: s, to: [copy] }
+dead_letter: { stream: DLQ_BACKLOG, subject_prefix: dlq_backlog }
+",
+    );
+    let running = Running::start(&yaml);
+    // Well inside the default 30 s `ack_wait`: a dropped delivery would
+    // only be back after it.
+    eventually(Duration::from_secs(20), "the backlog copied", || async {
+        (stream_count(&js, "BACKLOG_OUT").await >= events.len() as u64).then_some(())
+    })
+    .await;
+    running.stop().await;
+    let mut numbers: HashMap<String, Vec<usize>> = HashMap::new();
+    for message in stream_messages(&js, "BACKLOG_OUT").await {
+        let id = message
+            .headers
+            .get("Nats-Msg-Id")
+            .map(|value| value.as_str().to_owned())
+            .expect("an event id");
+        let aggregate = message.subject.trim_start_matches("backlogout.").to_owned();
+        numbers.entry(aggregate).or_default().push(number_of(&id));
+    }
+    let expected: Vec<usize> = (0..300).collect();
+    for aggregate in &aggregates {
+        assert_eq!(
+            numbers.get(aggregate),
+            Some(&expected),
+            "order of {aggregate}"
+        );
+    }
+}

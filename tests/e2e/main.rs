@@ -13,6 +13,7 @@ mod http;
 mod kv;
 mod observability;
 mod packaging;
+mod partitions;
 mod postgres;
 mod projections;
 mod replicas;

@@ -1,12 +1,13 @@
 //! `jetline status`: connects to NATS and prints, per consumer, pending, ack
 //! pending, redelivered and lag in seconds, read as the lag poller reads them
 //! (`telemetry::lag`), and the aggregates it has parked
-//! (`on_dead_letter: park_key`). Changes nothing on the server.
+//! (`on_dead_letter: park_key`), and the replica active on it as its lease
+//! says (`-` when no replica reports it). Changes nothing on the server.
 
 use std::{fmt::Write as _, sync::Arc};
 
 use crate::{
-    Config, RunError, dead_letter, nats,
+    Config, RunError, dead_letter, membership, nats,
     telemetry::{
         Readiness,
         lag::{self, ConsumerLag, LagError},
@@ -23,6 +24,8 @@ pub struct ConsumerStatus {
     pub lag: Result<ConsumerLag, LagError>,
     /// Aggregates this consumer has parked.
     pub parked: Vec<String>,
+    /// The replica whose lease says it is active on this consumer.
+    pub owner: Option<String>,
 }
 
 /// How many parked aggregate ids are named per consumer.
@@ -41,6 +44,18 @@ pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
     let mut parked = dead_letter::parked::all(&jetstream, &config.dead_letter.stream)
         .await
         .unwrap_or_default();
+    // Leases exist only where some consumer is partitioned.
+    let bucket = membership::bucket_name(&config.dead_letter.stream);
+    let leases = match jetstream.get_key_value(&bucket).await {
+        Ok(store) => membership::leases(&store).await.unwrap_or_default(),
+        Err(_) => Default::default(),
+    };
+    let owner = |consumer: &str| {
+        leases
+            .values()
+            .find(|lease| lease.active.iter().any(|active| active == consumer))
+            .map(|lease| lease.instance.clone())
+    };
     Ok(config
         .pipelines
         .iter()
@@ -51,6 +66,7 @@ pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
             sink: spec.sink.clone(),
             lag,
             parked: parked.remove(&spec.durable_name).unwrap_or_default(),
+            owner: owner(&spec.durable_name),
         })
         .collect())
 }
@@ -66,6 +82,7 @@ pub fn table(statuses: &[ConsumerStatus]) -> String {
         "REDELIVERED",
         "LAG_SECONDS",
         "PARKED",
+        "OWNER",
     ]
     .map(String::from);
     let rows: Vec<Vec<String>> = statuses
@@ -83,6 +100,7 @@ pub fn table(statuses: &[ConsumerStatus]) -> String {
                     lag.redelivered.to_string(),
                     format!("{:.3}", lag.lag_seconds),
                     status.parked.len().to_string(),
+                    status.owner.clone().unwrap_or_else(|| "-".to_owned()),
                 ]),
                 Err(error) => row.push(format!("error: {error}")),
             }
@@ -153,6 +171,7 @@ mod tests {
                     lag_seconds: 4.25,
                 }),
                 parked: vec!["order-7".into()],
+                owner: Some("replica-a".into()),
             },
             ConsumerStatus {
                 consumer: "jetline-orders-audit".into(),
@@ -163,6 +182,7 @@ mod tests {
                     consumer: "jetline-orders-audit".into(),
                 }),
                 parked: Vec::new(),
+                owner: None,
             },
         ];
         let text = table(&statuses);
@@ -180,7 +200,8 @@ mod tests {
                 "3",
                 "1",
                 "4.250",
-                "1"
+                "1",
+                "replica-a"
             ]
         );
         assert_eq!(lines[0].find("PENDING"), lines[1].find("12"));

@@ -127,6 +127,8 @@ pub struct ConsumerSettings {
     /// The priority group's pin timeout: how long the active replica may go
     /// without pulling before a standby takes the consumer over.
     pub takeover_after: Duration,
+    /// Consumers per (source, sink), split by aggregate id.
+    pub partitions: u32,
 }
 
 impl ConsumerSettings {
@@ -186,12 +188,39 @@ pub struct PipelineSpec {
     pub source: String,
     pub stream: String,
     pub sink: String,
-    /// `<durable_prefix>-<source>-<sink>`.
+    /// `<durable_prefix>-<source>-<sink>`, with `-p<index>` when the pair
+    /// is partitioned.
     pub durable_name: String,
+    /// Which share of the pair's aggregates this consumer applies.
+    pub partition: Partitioning,
     /// Subjects the consumer is filtered to (empty: the whole stream).
     pub filter_subjects: Vec<String>,
     /// Indexes into [`Config::routes`] of the routes that feed this pair.
     pub routes: Vec<usize>,
+}
+
+/// Partition `index` of `count` (0 of 1: not partitioned).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partitioning {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl PipelineSpec {
+    /// The durable name without the partition suffix.
+    pub fn consumer_base(&self) -> &str {
+        match self.partition.count {
+            1 => &self.durable_name,
+            _ => self
+                .durable_name
+                .rsplit_once("-p")
+                .map_or(self.durable_name.as_str(), |(base, _)| base),
+        }
+    }
+
+    pub fn is_partitioned(&self) -> bool {
+        self.partition.count > 1
+    }
 }
 
 /// Where the configuration came from, for error locations.

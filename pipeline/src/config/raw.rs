@@ -235,6 +235,10 @@ pub struct ConsumerOverrides {
     /// a standby replica takes it over (default 15s).
     #[serde(default, deserialize_with = "optional_duration")]
     pub takeover_after: Option<Duration>,
+    /// Partitions each (source, sink) consumer is split into by a hash of
+    /// the aggregate id, shared among the live replicas (default 1: one
+    /// replica active, the others standing by).
+    pub partitions: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +278,7 @@ pub const SINK_COMMON_KEYS: &[&str] = &[
     "retry",
     "on_dead_letter",
     "takeover_after",
+    "partitions",
 ];
 
 /// Publishes each event to a JetStream subject.

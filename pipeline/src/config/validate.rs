@@ -8,8 +8,8 @@ use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 use serde::de::DeserializeOwned;
 
 use super::{
-    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, PipelineSpec,
-    RetryPolicy, RouteSpec, SinkKind, SinkSpec,
+    Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, Partitioning,
+    PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec,
     raw::{self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS},
 };
 use crate::template::{Template, is_valid_subject, is_valid_subject_pattern};
@@ -21,6 +21,9 @@ const DEFAULT_CONCURRENCY: usize = 32;
 const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 const DEFAULT_JITTER: f64 = 0.2;
 const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(15);
+/// Most partitions per (source, sink): each is a consumer reading the
+/// whole of the pair's subjects.
+const MAX_PARTITIONS: u32 = 64;
 
 fn default_backoff() -> Vec<Duration> {
     [200, 1_000, 5_000, 30_000]
@@ -376,6 +379,15 @@ fn check_overrides(errors: &mut Vec<ConfigError>, path: &str, overrides: &Consum
             "must be at least 3s",
         ));
     }
+    if overrides
+        .partitions
+        .is_some_and(|count| !(1..=MAX_PARTITIONS).contains(&count))
+    {
+        errors.push(ConfigError::new(
+            format!("{path}.partitions"),
+            format!("must be between 1 and {MAX_PARTITIONS}"),
+        ));
+    }
     if overrides.max_ack_pending.is_some_and(|max| max < 1) {
         errors.push(ConfigError::new(
             format!("{path}.max_ack_pending"),
@@ -459,6 +471,7 @@ fn merge(
             .takeover_after
             .or(defaults.takeover_after)
             .unwrap_or(DEFAULT_TAKEOVER_AFTER),
+        partitions: sink.partitions.or(defaults.partitions).unwrap_or(1),
     }
 }
 
@@ -575,6 +588,7 @@ fn derive_pipelines(
                             "{}-{}-{}",
                             sink.consumer.durable_prefix, route.from, sink_name
                         ),
+                        partition: Partitioning { index: 0, count: 1 },
                         filter_subjects: Vec::new(),
                         routes: Vec::new(),
                     });
@@ -601,7 +615,22 @@ fn derive_pipelines(
         };
         pipeline.filter_subjects = minimal_cover(&wanted);
     }
+    // A partitioned pair is one consumer per partition, each reading the
+    // pair's subjects and applying its share of the aggregates.
     pipelines
+        .into_iter()
+        .flat_map(|pipeline| {
+            let count = sinks[&pipeline.sink].consumer.partitions.max(1);
+            (0..count).map(move |index| match count {
+                1 => pipeline.clone(),
+                _ => PipelineSpec {
+                    durable_name: format!("{}-p{index}", pipeline.durable_name),
+                    partition: Partitioning { index, count },
+                    ..pipeline.clone()
+                },
+            })
+        })
+        .collect()
 }
 
 /// Drops patterns already covered by another, since JetStream refuses

@@ -252,12 +252,13 @@ pub fn check_against_schemas(config: &Config, registry: &SchemaRegistry) -> Vec<
             }
             SinkKind::JetStream(_) | SinkKind::Http(_) | SinkKind::Custom => continue,
         }
-        // Checkpoints are kept per (stream, aggregate): two consumers of one
-        // stream would each see only part of an aggregate's events.
+        // Checkpoints are kept per (stream, aggregate): two sources of one
+        // stream would each see only part of an aggregate's events. (The
+        // partitions of one source split by aggregate, so they may.)
         let feeding: Vec<_> = config
             .pipelines
             .iter()
-            .filter(|pipeline| pipeline.sink == *name)
+            .filter(|pipeline| pipeline.sink == *name && pipeline.partition.index == 0)
             .collect();
         for (index, pipeline) in feeding.iter().enumerate() {
             if let Some(other) = feeding[..index]

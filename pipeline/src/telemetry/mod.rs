@@ -169,6 +169,7 @@ impl ConsumerMetrics {
     pub fn new<'a>(
         source: &str,
         sink: &str,
+        consumer: &str,
         event_types: impl IntoIterator<Item = &'a str>,
         upcasts: impl IntoIterator<Item = (&'a str, Vec<u32>, u32)>,
     ) -> Self {
@@ -217,7 +218,7 @@ impl ConsumerMetrics {
                 .collect(),
             sink_duration: histogram!(SINK_DURATION_SECONDS, "sink" => sink.to_owned()),
             end_to_end: histogram!(END_TO_END_SECONDS, "sink" => sink.to_owned()),
-            active: gauge!(CONSUMER_ACTIVE, "source" => source.to_owned(), "sink" => sink.to_owned()),
+            active: gauge!(CONSUMER_ACTIVE, "source" => source.to_owned(), "sink" => sink.to_owned(), "consumer" => consumer.to_owned()),
         }
     }
 

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod cluster;
 pub mod credentials;
 pub mod events;
 pub mod flaky;
@@ -22,6 +23,7 @@ use std::{
 };
 
 pub use certs::*;
+pub use cluster::*;
 pub use credentials::*;
 pub use events::*;
 pub use flaky::*;
