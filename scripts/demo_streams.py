@@ -1,12 +1,15 @@
 """Stream set-up and inspection for scripts/demo (nats-py).
 
-create URL NAME SUBJECT [NAME SUBJECT ...]   create streams if missing
+create URL FILE [FILE ...]                   create streams if missing, each from a
+                                             JSON file of the JetStream API's stream
+                                             configuration (config/streams/)
 wait URL SECONDS NAME=COUNT [...]            wait until streams hold at least COUNT
 show URL NAME                                print a stream's messages, one line each
 kv URL BUCKET                                print a KV bucket's documents
 """
 
 import asyncio
+import json
 import sys
 import time
 
@@ -18,8 +21,9 @@ async def main(command, url, *args):
     client = await nats.connect(url)
     js = client.jetstream()
     if command == "create":
-        for name, subject in zip(args[::2], args[1::2]):
-            await js.add_stream(StreamConfig(name=name, subjects=[subject]))
+        for path in args:
+            with open(path) as file:
+                await js.add_stream(StreamConfig.from_response(json.load(file)))
     elif command == "wait":
         deadline = time.monotonic() + float(args[0])
         wanted = dict(arg.split("=") for arg in args[1:])

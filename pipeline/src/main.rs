@@ -29,6 +29,7 @@ fn main() -> ExitCode {
         Command::Publish { config, args } => publish(&config.config, args),
         Command::Status(args) => status(&args.config),
         Command::Upcast(args) => upcast(&args),
+        Command::Ready(args) => ready(&args.config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -139,6 +140,18 @@ fn status(path: &std::path::Path) -> Result<(), Failure> {
             ),
         });
     }
+    Ok(())
+}
+
+fn ready(path: &std::path::Path) -> Result<(), Failure> {
+    let config = load(path)?;
+    runtime()?
+        .block_on(cli::ready::probe(config.metrics.listen))
+        .map_err(|err| Failure {
+            code: 1,
+            message: err.to_string(),
+        })?;
+    emit("ready\n");
     Ok(())
 }
 

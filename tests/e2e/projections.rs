@@ -1,7 +1,7 @@
 //! The shipped example `config/projections.yaml` runs as written: its KV
-//! document, its PostgreSQL statements (against the table its comment
-//! defines) and its webhook, with only the addresses swapped for the test
-//! servers'.
+//! document, its PostgreSQL statements (against the table of
+//! `config/postgres/orders.sql`, which its comment names) and its webhook,
+//! with only the addresses swapped for the test servers'.
 
 use serde_json::json;
 
@@ -18,14 +18,10 @@ async fn the_example_projections_apply_to_all_three_sinks() {
 
     let example =
         std::fs::read_to_string(root().join("config/projections.yaml")).expect("the example");
-    // The table is defined in the file's leading comment.
-    let ddl: String = example
-        .lines()
-        .skip_while(|line| !line.contains("CREATE TABLE"))
-        .take_while(|line| line.starts_with('#'))
-        .map(|line| line.trim_start_matches('#'))
-        .collect::<Vec<_>>()
-        .join("\n");
+    // The table the example's comment names.
+    assert!(example.contains("config/postgres/orders.sql"));
+    let ddl =
+        std::fs::read_to_string(root().join("config/postgres/orders.sql")).expect("the table");
     client
         .batch_execute(&ddl)
         .await

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod dlq;
 pub mod publish;
+pub mod ready;
 pub mod run;
 pub mod status;
 pub mod upcast;
@@ -55,6 +56,9 @@ pub enum Command {
     Status(ConfigArg),
     /// Upcast one JSON event (envelope or payload) from standard input and print it.
     Upcast(upcast::UpcastArgs),
+    /// Exit 0 when the Jetline running with this configuration answers /readyz
+    /// with 200 (a container's health check), 1 with the reason otherwise.
+    Ready(ConfigArg),
 }
 
 #[derive(Debug, clap::Args)]

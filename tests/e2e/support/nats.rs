@@ -259,7 +259,8 @@ impl Running {
 /// The built binary, killed on drop.
 pub struct Process {
     child: Child,
-    _config: tempfile::NamedTempFile,
+    /// The configuration written for it, unless it runs a file of its own.
+    _config: Option<tempfile::NamedTempFile>,
     /// Where its log goes, when the test reads it.
     log: Option<tempfile::NamedTempFile>,
 }
@@ -280,10 +281,27 @@ impl Process {
         Self::spawn(yaml, env, Some(level))
     }
 
+    /// Runs the configuration file at `path` where it is (its relative
+    /// paths relative to it), with `env`, logging as
+    /// [`Process::start_logged`] does.
+    pub fn start_file(path: &std::path::Path, env: &[(&str, &str)], level: &str) -> Self {
+        Self::spawn_file(path, None, env, Some(level))
+    }
+
     fn spawn(yaml: &str, env: &[(&str, &str)], logged: Option<&str>) -> Self {
         use std::io::Write;
         let mut file = tempfile::NamedTempFile::new().expect("config file");
         file.write_all(yaml.as_bytes()).expect("config written");
+        let path = file.path().to_owned();
+        Self::spawn_file(&path, Some(file), env, logged)
+    }
+
+    fn spawn_file(
+        path: &std::path::Path,
+        config: Option<tempfile::NamedTempFile>,
+        env: &[(&str, &str)],
+        logged: Option<&str>,
+    ) -> Self {
         let log = logged.map(|_| tempfile::NamedTempFile::new().expect("log file"));
         let stderr = match &log {
             Some(log) => Stdio::from(log.reopen().expect("log file opens")),
@@ -291,7 +309,7 @@ impl Process {
         };
         let child = Command::new(super::jetline_bin())
             .args(["run", "--config"])
-            .arg(file.path())
+            .arg(path)
             .env("JETLINE_LOG", logged.unwrap_or("warn"))
             .envs(env.iter().copied())
             .stdout(Stdio::null())
@@ -300,7 +318,7 @@ impl Process {
             .expect("jetline starts");
         Self {
             child,
-            _config: file,
+            _config: config,
             log,
         }
     }
