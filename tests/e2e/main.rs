@@ -15,6 +15,7 @@ mod observability;
 mod packaging;
 mod postgres;
 mod projections;
+mod publish;
 mod replicas;
 mod security;
 mod upcast;
