@@ -76,8 +76,8 @@ pub enum RunError {
     Schema(#[from] SchemaError),
     #[error("cannot connect to NATS: {0}")]
     Connect(#[from] nats::ConnectError),
-    #[error("{0}")]
-    Publish(String),
+    #[error(transparent)]
+    Publish(#[from] cli::publish::PublishError),
     #[error(transparent)]
     DeadLetter(#[from] DeadLetterError),
     #[error(transparent)]
@@ -97,14 +97,15 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// 2 for configuration problems (the file or the schemas), 1 otherwise.
+    /// 2 for configuration problems (the file or the schemas), 3 for a
+    /// publish refused by an expectation (a concurrent append), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
+            RunError::Publish(error) => error.exit_code(),
             RunError::Config(_) | RunError::Schema(_) | RunError::Usage(_) => 2,
             RunError::Sink { source, .. } if source.is_setup() => 2,
             RunError::Connect(error) if error.is_configuration() => 2,
             RunError::Connect(_)
-            | RunError::Publish(_)
             | RunError::DeadLetter(_)
             | RunError::Source(_)
             | RunError::Membership(_)

@@ -1,6 +1,7 @@
 //! The `jetline` binary: parses the command line, sets up logging, loads the
 //! configuration and hands over to the library. Exit codes: 0 success,
-//! 1 runtime failure, 2 configuration error.
+//! 1 runtime failure, 2 configuration error, 3 a publish refused by its
+//! expectation (another writer appended first).
 
 use std::process::ExitCode;
 
@@ -120,8 +121,9 @@ fn dlq(path: &std::path::Path, command: cli::dlq::DlqCommand) -> Result<(), Fail
 
 fn publish(path: &std::path::Path, args: cli::publish::PublishArgs) -> Result<(), Failure> {
     let config = load(path)?;
-    let output = runtime()?.block_on(cli::publish::run(config, args))?;
-    emit(&output);
+    // Each stored event is printed as its ack arrives, also when a later one fails.
+    let summary = runtime()?.block_on(cli::publish::run(config, args, &mut emit))?;
+    emit(&summary);
     Ok(())
 }
 

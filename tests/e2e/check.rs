@@ -142,3 +142,33 @@ fn a_closed_output_pipe_is_not_a_panic() {
     assert_eq!(output.status.code(), Some(0), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
+
+/// The summary names settings with the words the file uses (`per_key`,
+/// `json`), never Rust's variant names.
+#[test]
+fn the_summary_prints_settings_as_the_file_writes_them() {
+    let body = "
+sources:
+  orders: { stream: ORDERS, subjects: ['orders.>'] }
+sinks:
+  out: { type: jetstream, subject: 'projections.{aggregate_id}' }
+  copy: { type: jetstream, subject: 'copy.{aggregate_id}', format: json, headers: full, ordering: none, on_dead_letter: park_key }
+routes:
+  - { name: all, from: orders, to: [out, copy] }
+";
+    let (code, stdout, stderr) = check(&config_yaml("nats://127.0.0.1:1", body));
+    assert_eq!(code, 0, "{stderr}");
+    for words in [
+        "copy: jetstream subject copy.{aggregate_id} format json headers full",
+        "ordering none, concurrency 32, on_dead_letter park_key",
+        "out: jetstream subject projections.{aggregate_id} format protobuf headers minimal",
+        "ordering per_key, concurrency 32, on_dead_letter continue",
+    ] {
+        assert!(stdout.contains(words), "{words}: {stdout}");
+    }
+    for debug_name in [
+        "PerKey", "ParkKey", "Continue", "Json", "Protobuf", "Minimal",
+    ] {
+        assert!(!stdout.contains(debug_name), "{debug_name}: {stdout}");
+    }
+}

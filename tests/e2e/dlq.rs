@@ -54,6 +54,18 @@ impl Cli {
     }
 }
 
+/// Two custom sinks, `main` and `other`, reading `stream`; dead letters in
+/// `DLQ_<stream>` on `dlq_<prefix>.>`.
+fn two_sinks_yaml(url: &str, stream: &str, prefix: &str) -> String {
+    custom_config(
+        url,
+        stream,
+        prefix,
+        "  main: { type: custom }\n  other: { type: custom }",
+        "",
+    )
+}
+
 fn data_rows(table: &str) -> Vec<String> {
     table.lines().skip(1).map(str::to_owned).collect()
 }
@@ -63,19 +75,7 @@ async fn dead_letters_are_listed_shown_and_redriven_once() {
     let server = NatsServer::start();
     let js = server.jetstream().await;
     create_stream(&js, "DQ", &["dq.>"]).await;
-    let yaml = config_yaml(
-        &server.url(),
-        "
-sources:
-  s: { stream: DQ, subjects: ['dq.>'] }
-sinks:
-  main: { type: custom }
-  other: { type: custom }
-routes:
-  - { name: all, from: s, to: [main, other] }
-dead_letter: { stream: DLQ_DQ, subject_prefix: dlq_dq }
-",
-    );
+    let yaml = two_sinks_yaml(&server.url(), "DQ", "dq");
     let mut bad_payload = created_v3("dq-bad", "order-9", 1);
     bad_payload["payload"]["totalAmountCents"] = "lots".into();
     let events = vec![
@@ -207,4 +207,56 @@ dead_letter: { stream: DLQ_DQ, subject_prefix: dlq_dq }
             .is_some_and(|h| h.as_str().contains("main invalid_payload"))
     );
     assert_eq!(letters.len(), 2, "other's entry and the failed redrive");
+}
+
+/// `--config` is read before or after the `dlq` subcommand; a `--sink`
+/// that is neither configured nor named by an entry is a usage error, not
+/// an empty table, while a sink since removed still lists its entries.
+#[tokio::test]
+async fn the_config_goes_either_side_and_an_unknown_sink_is_refused() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "DLQ_CF", &["dlq_cf.>"]).await;
+    // Entries as Jetline stores them, of a configured sink and of one since removed.
+    let entry = |sink: &str| {
+        Outgoing::json(
+            &format!("dlq_cf.{sink}.sink_rejected"),
+            &created_v3(&format!("cf-{sink}"), "order-1", 1),
+        )
+        .header(dlq::SINK, sink)
+        .header(dlq::REASON, "sink_rejected")
+        .header(dlq::ERROR, "refused")
+    };
+    publish_all(&js, vec![entry("main"), entry("removed")]).await;
+    let cli = Cli::new(&two_sinks_yaml(&server.url(), "CF", "cf"));
+    let run = |args: &[&str]| {
+        Command::new(jetline_bin())
+            .args(args)
+            .output()
+            .expect("jetline dlq runs")
+    };
+    let config = cli.file.path().to_str().expect("a UTF-8 path");
+
+    let before = run(&["dlq", "--config", config, "list", "--sink", "main"]);
+    let after = run(&["dlq", "list", "--sink", "main", "--config", config]);
+    assert!(
+        after.status.success(),
+        "{}",
+        String::from_utf8_lossy(&after.stderr)
+    );
+    assert_eq!(before.stdout, after.stdout);
+    assert_eq!(data_rows(&String::from_utf8_lossy(&after.stdout)).len(), 1);
+
+    let unknown = run(&["dlq", "list", "--config", config, "--sink", "nosuch"]);
+    let stderr = String::from_utf8_lossy(&unknown.stderr);
+    assert_eq!(unknown.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("nosuch") && stderr.contains("main, other"),
+        "{stderr}"
+    );
+    assert!(unknown.stdout.is_empty(), "no table");
+    assert_eq!(cli.dlq_status(&["redrive", "--sink", "nosuch"]), Some(2));
+
+    let removed = cli.dlq(&["list", "--sink", "removed"]);
+    assert_eq!(data_rows(&removed).len(), 1, "{removed}");
 }

@@ -16,6 +16,7 @@ mod packaging;
 mod partitions;
 mod postgres;
 mod projections;
+mod publish;
 mod replicas;
 mod security;
 mod upcast;

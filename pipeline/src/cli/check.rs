@@ -22,7 +22,10 @@ pub fn summary(prepared: &Prepared) -> String {
     let _ = writeln!(out, "sinks:");
     for (name, sink) in &config.sinks {
         let target = match &sink.kind {
-            SinkKind::JetStream(js) => format!("subject {} ({:?})", js.subject, js.format),
+            SinkKind::JetStream(js) => format!(
+                "subject {} format {} headers {}",
+                js.subject, js.format, js.headers
+            ),
             SinkKind::Custom => "registered by the embedding program".to_owned(),
             SinkKind::Kv(kv) => format!(
                 "bucket {} key {} on {:?}",
@@ -50,7 +53,7 @@ pub fn summary(prepared: &Prepared) -> String {
         let _ = writeln!(out, "  {name}: {} {target}", sink.kind.type_name());
         let _ = writeln!(
             out,
-            "    ack_wait {}, max_ack_pending {}, ordering {:?}, concurrency {}, on_dead_letter {:?}",
+            "    ack_wait {}, max_ack_pending {}, ordering {}, concurrency {}, on_dead_letter {}",
             humantime::format_duration(c.ack_wait),
             c.max_ack_pending,
             c.ordering,

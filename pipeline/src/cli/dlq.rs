@@ -107,6 +107,7 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
         DlqCommand::List(args) => {
             let filter = args.filter().map_err(usage)?;
             let entries = dead_letters.entries(&filter).await?;
+            refuse_unknown_sink(config, &filter, entries.is_empty())?;
             let mut out = table(&entries);
             let parked = parked::all(dead_letters.jetstream(), &config.dead_letter.stream)
                 .await
@@ -143,15 +144,12 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
             if let RedriveTarget::Sink(sink) = &target
                 && !config.sinks.contains_key(sink)
             {
-                return Err(RunError::Usage(format!(
-                    "--to-sink {}: no such sink in this configuration (sinks: {})",
-                    cell(sink, MAX_CELL),
-                    config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
-                )));
+                return Err(no_such_sink(config, "--to-sink", sink, ""));
             }
-            let entries: Vec<Entry> = dead_letters
-                .entries(&filter.filter().map_err(usage)?)
-                .await?
+            let filter = filter.filter().map_err(usage)?;
+            let entries: Vec<Entry> = dead_letters.entries(&filter).await?;
+            refuse_unknown_sink(config, &filter, entries.is_empty())?;
+            let entries: Vec<Entry> = entries
                 .into_iter()
                 .filter(|entry| seqs.is_empty() || seqs.contains(&entry.seq))
                 .collect();
@@ -202,6 +200,33 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
     };
     let _ = client.flush().await;
     Ok(output)
+}
+
+/// A `--sink` filter naming a sink the configuration does not have, and
+/// that no matching entry names either, is a typo: an empty table would
+/// read as "nothing failed". Entries of a sink since renamed stay reachable.
+fn refuse_unknown_sink(
+    config: &Config,
+    filter: &Filter,
+    nothing_found: bool,
+) -> Result<(), RunError> {
+    match &filter.sink {
+        Some(sink) if nothing_found && !config.sinks.contains_key(sink) => Err(no_such_sink(
+            config,
+            "--sink",
+            sink,
+            " and no matching dead letter names it",
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn no_such_sink(config: &Config, flag: &str, sink: &str, detail: &str) -> RunError {
+    RunError::Usage(format!(
+        "{flag} {}: no such sink in this configuration{detail} (sinks: {})",
+        cell(sink, MAX_CELL),
+        config.sinks.keys().cloned().collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Widest cell of a listing: stored entries may hold any text (a 70,000

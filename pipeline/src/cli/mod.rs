@@ -63,10 +63,12 @@ pub enum Command {
 
 #[derive(Debug, clap::Args)]
 pub struct ConfigArg {
-    /// The YAML configuration file.
+    /// The YAML configuration file. Global, so that `dlq list --config FILE`
+    /// reads as `dlq --config FILE list`.
     #[arg(
         long,
         short,
+        global = true,
         env = "JETLINE_CONFIG",
         default_value = "config/jetline.yaml"
     )]

@@ -7,6 +7,39 @@ use std::{collections::BTreeMap, fmt, path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Deserializer};
 
+/// An enum of the file's words (`per_key`, `json`, `continue`): each word is
+/// written once, here, for serde to read and for `as_str`/`Display` to print
+/// (`check` shows the words the file uses, not Rust's variant names).
+macro_rules! keywords {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $word:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+        pub enum $name {
+            $($(#[$variant_meta])* #[serde(rename = $word)] $variant,)+
+        }
+
+        impl $name {
+            /// The word the configuration file uses.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $word,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
@@ -143,12 +176,12 @@ fn default_schema_dir() -> PathBuf {
     PathBuf::from("schemas")
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UnknownFields {
-    #[default]
-    Reject,
-    Allow,
+keywords! {
+    pub enum UnknownFields {
+        #[default]
+        Reject = "reject",
+        Allow = "allow",
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -253,20 +286,20 @@ pub struct RetryConfig {
     pub jitter: Option<f64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Ordering {
-    #[default]
-    PerKey,
-    None,
+keywords! {
+    pub enum Ordering {
+        #[default]
+        PerKey = "per_key",
+        None = "none",
+    }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnDeadLetter {
-    #[default]
-    Continue,
-    ParkKey,
+keywords! {
+    pub enum OnDeadLetter {
+        #[default]
+        Continue = "continue",
+        ParkKey = "park_key",
+    }
 }
 
 /// Keys a sink block may carry whatever its `type`.
@@ -299,20 +332,20 @@ pub struct JetStreamSinkConfig {
     pub headers: HeaderSet,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HeaderSet {
-    #[default]
-    Minimal,
-    Full,
+keywords! {
+    pub enum HeaderSet {
+        #[default]
+        Minimal = "minimal",
+        Full = "full",
+    }
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Format {
-    #[default]
-    Protobuf,
-    Json,
+keywords! {
+    pub enum Format {
+        #[default]
+        Protobuf = "protobuf",
+        Json = "json",
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -457,5 +490,24 @@ mod tests {
         let ports: Vec<u16> = servers.iter().map(|server| server.port()).collect();
         assert_eq!(ports, [4222, 4223]);
         assert!(server_list("nats://127.0.0.1:notaport").is_err());
+    }
+
+    /// A keyword reads as its variant and prints as the same word.
+    #[test]
+    fn keywords_print_as_the_file_writes_them() {
+        let read: ConsumerOverrides = serde_json::from_value(serde_json::json!({
+            "ordering": "per_key",
+            "on_dead_letter": "park_key",
+        }))
+        .expect("keywords read");
+        assert_eq!(read.ordering, Some(Ordering::PerKey));
+        assert_eq!(read.on_dead_letter, Some(OnDeadLetter::ParkKey));
+        assert_eq!(Ordering::PerKey.to_string(), "per_key");
+        assert_eq!(OnDeadLetter::ParkKey.to_string(), "park_key");
+        assert_eq!(Format::Json.as_str(), "json");
+        let unknown = serde_json::from_value::<ConsumerOverrides>(
+            serde_json::json!({ "ordering": "PerKey" }),
+        );
+        assert!(unknown.is_err(), "the Rust name is not a word of the file");
     }
 }
