@@ -16,5 +16,6 @@ mod packaging;
 mod postgres;
 mod projections;
 mod replicas;
+mod schema_diff;
 mod security;
 mod upcast;

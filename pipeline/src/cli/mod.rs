@@ -4,6 +4,7 @@ pub mod check;
 pub mod dlq;
 pub mod publish;
 pub mod run;
+pub mod schema;
 pub mod status;
 pub mod upcast;
 
@@ -55,6 +56,11 @@ pub enum Command {
     Status(ConfigArg),
     /// Upcast one JSON event (envelope or payload) from standard input and print it.
     Upcast(upcast::UpcastArgs),
+    /// Compare the schemas with an older copy: what breaks stored events.
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
