@@ -3,6 +3,8 @@
 //! Code map, in the order an event travels:
 //! - `config`: the YAML file -> a checked [`Config`] (every error with its key path).
 //! - `schema`: the `.proto` directory -> [`schema::SchemaRegistry`].
+//! - `schema_diff`: two registries and the chains -> what a schema change
+//!   breaks for stored events (`jetline schema diff`).
 //! - `source`: one durable pull consumer per (source, sink) -> [`source::Delivery`].
 //! - `envelope`: delivery bytes -> validated [`envelope::Envelope`]
 //!   (`strict_json` for JSON from outside).
@@ -35,6 +37,7 @@ pub mod outcome;
 pub mod pipeline;
 pub mod route;
 pub mod schema;
+pub mod schema_diff;
 pub mod sink;
 pub mod source;
 pub mod strict_json;

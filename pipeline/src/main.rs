@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(&args.config),
         Command::Upcast(args) => upcast(&args),
         Command::Ready(args) => ready(&args.config),
+        Command::Schema { command } => schema(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,6 +104,36 @@ fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
         "{}\n",
         serde_json::to_string_pretty(&output).unwrap_or_default()
     ));
+    Ok(())
+}
+
+/// Exits 1 when the change breaks stored events, 2 when no comparison
+/// could be made.
+fn schema(command: cli::schema::SchemaCommand) -> Result<(), Failure> {
+    let cli::schema::SchemaCommand::Diff(args) = command;
+    let config = load(&args.config.config)?;
+    let report = cli::schema::diff(&config, &args.against).map_err(|err| Failure {
+        code: 2,
+        message: err.to_string(),
+    })?;
+    emit(&match args.format {
+        cli::schema::DiffFormat::Text => cli::schema::text(&report, &args.against),
+        cli::schema::DiffFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&cli::schema::json(&report, &args.against))
+                .unwrap_or_default()
+        ),
+    });
+    if report.is_breaking() {
+        return Err(Failure {
+            code: 1,
+            message: format!(
+                "the schemas break stored events against {} ({})",
+                args.against,
+                cli::schema::counts(&report)
+            ),
+        });
+    }
     Ok(())
 }
 

@@ -49,14 +49,7 @@ pub struct SchemaRegistry {
 impl SchemaRegistry {
     /// Compiles every `.proto` under `config.dir` and indexes the event types.
     pub fn load(config: &SchemasConfig) -> Result<Self, SchemaError> {
-        let files = proto_files(&config.dir)?;
-        if files.is_empty() {
-            return Err(SchemaError::Empty(config.dir.clone()));
-        }
-        let mut compiler = protox::Compiler::new([&config.dir])?;
-        compiler.include_imports(true);
-        compiler.open_files(&files)?;
-        Self::from_pool(compiler.descriptor_pool(), &config.types)
+        Self::from_pool(compile(&config.dir)?, &config.types)
     }
 
     /// Indexes a pool by convention, then applies the explicit mapping.
@@ -136,6 +129,18 @@ impl SchemaRegistry {
     pub fn pool(&self) -> &DescriptorPool {
         &self.pool
     }
+}
+
+/// Compiles every `.proto` under `dir` (and what they import) into one pool.
+pub fn compile(dir: &Path) -> Result<DescriptorPool, SchemaError> {
+    let files = proto_files(dir)?;
+    if files.is_empty() {
+        return Err(SchemaError::Empty(dir.to_path_buf()));
+    }
+    let mut compiler = protox::Compiler::new([dir])?;
+    compiler.include_imports(true);
+    compiler.open_files(&files)?;
+    Ok(compiler.descriptor_pool())
 }
 
 /// `orders.v2.OrderCreated` -> (`orders.OrderCreated`, 2).

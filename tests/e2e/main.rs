@@ -18,5 +18,6 @@ mod postgres;
 mod projections;
 mod publish;
 mod replicas;
+mod schema_diff;
 mod security;
 mod upcast;

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod publish;
 pub mod ready;
 pub mod run;
+pub mod schema;
 pub mod status;
 pub mod upcast;
 
@@ -59,6 +60,11 @@ pub enum Command {
     /// Exit 0 when the Jetline running with this configuration answers /readyz
     /// with 200 (a container's health check), 1 with the reason otherwise.
     Ready(ConfigArg),
+    /// Compare the schemas with an older copy: what breaks stored events.
+    Schema {
+        #[command(subcommand)]
+        command: schema::SchemaCommand,
+    },
 }
 
 #[derive(Debug, clap::Args)]
