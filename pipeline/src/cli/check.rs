@@ -73,6 +73,12 @@ pub fn summary(prepared: &Prepared) -> String {
             backoff.join(", "),
             c.retry.jitter
         );
+        let _ = writeln!(
+            out,
+            "    replicas: takeover_after {}, partitions {}",
+            humantime::format_duration(c.takeover_after),
+            c.partitions
+        );
         if let Some(version) = sink.schema_version {
             let _ = writeln!(out, "    schema_version {version}");
         }
