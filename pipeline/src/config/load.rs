@@ -49,19 +49,35 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// As [`load`], from the text of a file (paths stay as written).
 pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
+    let env = std::env::vars()
+        .filter(|(name, _)| name.starts_with(ENV_PREFIX))
+        .collect();
+    load_with_env(text, &env)
+}
+
+/// As [`load_str`], with `env` in place of the process environment.
+fn load_with_env(text: &str, env: &config::Map<String, String>) -> Result<Config, ConfigErrors> {
     let origin = Origin {
         file: None,
         text: text.to_owned(),
     };
-    let locate = |error: ConfigError| ConfigError {
-        line: locate_line(&origin.text, &error.path),
-        ..error
+    // A value from the environment is named by its variable, one from the
+    // file by its line.
+    let locate = |error: ConfigError| match env_variable(env, &error.path) {
+        Some(variable) => ConfigError {
+            variable: Some(variable),
+            ..error
+        },
+        None => ConfigError {
+            line: locate_line(&origin.text, &error.path),
+            ..error
+        },
     };
-    let file_only = layered(text, false).map_err(|err| one_error("", err.to_string()))?;
+    let file_only = layered(text, None).map_err(|err| parse_error(text, &err.to_string()))?;
     check_no_secrets_in_file(&file_only).map_err(|errors| relocate(errors, locate))?;
 
-    let mut merged = layered(text, true).map_err(|err| one_error("", err.to_string()))?;
-    secrets_verbatim(&mut merged, |name| std::env::var(name).ok());
+    let mut merged = layered(text, Some(env)).map_err(|err| parse_error(text, &err.to_string()))?;
+    secrets_verbatim(&mut merged, |name| env.get(name).cloned());
     let raw: RawConfig = serde_path_to_error::deserialize(merged).map_err(|err| {
         let path = err.path().to_string();
         let path = if path == "." { String::new() } else { path };
@@ -70,13 +86,17 @@ pub fn load_str(text: &str) -> Result<Config, ConfigErrors> {
     validate(raw).map_err(|errors| relocate(errors, locate))
 }
 
-/// The file, with the environment on top when `with_env`, as a JSON value.
-fn layered(text: &str, with_env: bool) -> Result<serde_json::Value, config::ConfigError> {
+/// The file, with `env` on top when given, as a JSON value.
+fn layered(
+    text: &str,
+    env: Option<&config::Map<String, String>>,
+) -> Result<serde_json::Value, config::ConfigError> {
     let mut builder = config::Config::builder()
         .add_source(config::File::from_str(text, config::FileFormat::Yaml));
-    if with_env {
+    if let Some(env) = env {
         builder = builder.add_source(
             config::Environment::with_prefix(ENV_PREFIX)
+                .source(Some(env.clone()))
                 .prefix_separator(ENV_SEPARATOR)
                 .separator(ENV_SEPARATOR)
                 .try_parsing(true),
@@ -121,6 +141,78 @@ fn check_no_secrets_in_file(file: &serde_json::Value) -> Result<(), ConfigErrors
     } else {
         Err(ConfigErrors(errors))
     }
+}
+
+/// The `JETLINE__*` variable that sets `path`, when it is set.
+fn env_variable(env: &config::Map<String, String>, path: &str) -> Option<String> {
+    if path.is_empty() || path.contains('[') {
+        return None;
+    }
+    let keys: Vec<String> = path.split('.').map(str::to_uppercase).collect();
+    let name = format!("{ENV_PREFIX}{ENV_SEPARATOR}{}", keys.join(ENV_SEPARATOR));
+    env.contains_key(&name).then_some(name)
+}
+
+/// A YAML error, with the key path and line of a duplicated key (the YAML
+/// parser names it in Rust's debug form, without its path).
+fn parse_error(text: &str, message: &str) -> ConfigErrors {
+    let duplicate = message
+        .split_once("duplicated key in mapping")
+        .and_then(|(before, after)| {
+            let key = before.split_once("String(\"")?.1.split_once("\")")?.0;
+            let line: usize = after
+                .split_once(" line ")?
+                .1
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()?;
+            Some((key.to_owned(), line))
+        });
+    match duplicate {
+        Some((key, line)) => ConfigErrors(vec![ConfigError {
+            line: Some(line),
+            ..ConfigError::new(
+                path_at_line(text, line, &key),
+                format!("{key:?} is given twice; each key may appear once"),
+            )
+        }]),
+        None => one_error("", message.to_owned()),
+    }
+}
+
+/// The dotted path of `key` written on the 1-based `line` of block-style
+/// YAML: the keys above it with less indentation, then `key`.
+fn path_at_line(text: &str, line: usize, key: &str) -> String {
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let key_of = |line: &str| {
+        let trimmed = line.trim_start().trim_start_matches("- ");
+        trimmed
+            .split_once(':')
+            .map(|(key, _)| key.trim().trim_matches(['"', '\'']).to_owned())
+    };
+    let lines: Vec<&str> = text.lines().take(line).collect();
+    let Some(last) = lines.last() else {
+        return key.to_owned();
+    };
+    let mut path = vec![key.to_owned()];
+    if key_of(last).is_some_and(|first| first != key) {
+        // A flow mapping: the duplicated key sits inside the line's value.
+        path.push(key_of(last).unwrap_or_default());
+    }
+    let mut column = indent(last);
+    for text in lines.iter().rev().skip(1) {
+        let trimmed = text.trim_start();
+        if trimmed.is_empty() || trimmed.starts_with('#') || indent(text) >= column {
+            continue;
+        }
+        column = indent(text);
+        if let Some(parent) = key_of(text) {
+            path.push(parent);
+        }
+    }
+    path.reverse();
+    path.join(".")
 }
 
 fn one_error(path: &str, message: String) -> ConfigErrors {
@@ -261,6 +353,60 @@ routes:
         });
         assert_eq!(merged["nats"]["password"], "0042");
         assert_eq!(merged["nats"]["token"], "true");
+    }
+
+    const BASE: &str = "nats: { url: \"nats://127.0.0.1:4222\" }
+sources:
+  orders: { stream: ORDERS, subjects: ['orders.>'] }
+sinks:
+  out: { type: jetstream, subject: 'x.{aggregate_id}' }
+routes:
+  - { name: all, from: orders, to: [out] }
+";
+
+    #[test]
+    fn a_duplicated_key_is_named_by_its_path_and_line() {
+        let text = BASE.replace(
+            "  out: { type: jetstream, subject: 'x.{aggregate_id}' }\n",
+            "  out: { type: jetstream, subject: 'x.{aggregate_id}' }\n  out: { type: jetstream, subject: 'y' }\n",
+        );
+        let errors = load_str(&text).expect_err("a key given twice");
+        assert_eq!(
+            errors.to_string(),
+            "sinks.out (line 6): \"out\" is given twice; each key may appear once"
+        );
+        assert_eq!(path_at_line("a:\n  b: { c: 1, c: 2 }\n", 2, "c"), "a.b.c");
+    }
+
+    #[test]
+    fn every_problem_of_a_block_is_reported_with_its_full_path() {
+        let text =
+            format!("{BASE}consumers:\n  max_ack_pending: lots\n  ack_wait: 10ms\n  colour: red\n");
+        let errors = load_str(&text).expect_err("three problems");
+        let shown: Vec<String> = errors.0.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "consumers.colour (line 11): unknown field `colour`, expected one of `ack_wait`, `max_ack_pending`, `ordering`, `concurrency`, `retry`, `on_dead_letter`, `takeover_after`, `partitions`",
+                "consumers.max_ack_pending (line 9): invalid type: string \"lots\", expected i64",
+                "consumers.ack_wait (line 10): must be at least 1s",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_value_from_the_environment_names_its_variable() {
+        let env = [(
+            "JETLINE__CONSUMERS__CONCURRENCY".to_owned(),
+            "many".to_owned(),
+        )]
+        .into_iter()
+        .collect();
+        let errors = load_with_env(BASE, &env).expect_err("not a number");
+        assert_eq!(
+            errors.to_string(),
+            "consumers.concurrency (from JETLINE__CONSUMERS__CONCURRENCY): invalid type: string \"many\", expected usize"
+        );
     }
 
     #[test]

@@ -18,12 +18,14 @@ pub use validate::validate;
 
 /// A configuration problem, named by the key path it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{path}{}: {message}", line.map(|l| format!(" (line {l})")).unwrap_or_default())]
+#[error("{path}{}: {message}", location(*line, variable.as_deref()))]
 pub struct ConfigError {
     /// Dotted key path, e.g. `sinks.orders_out.subject`.
     pub path: String,
     /// Line in the YAML file where the key stands, when it could be found.
     pub line: Option<usize>,
+    /// The `JETLINE__*` environment variable the value came from, if any.
+    pub variable: Option<String>,
     pub message: String,
 }
 
@@ -32,8 +34,18 @@ impl ConfigError {
         Self {
             path: path.into(),
             line: None,
+            variable: None,
             message: message.into(),
         }
+    }
+}
+
+/// ` (from VARIABLE)` or ` (line N)`: where the value was given.
+fn location(line: Option<usize>, variable: Option<&str>) -> String {
+    match (variable, line) {
+        (Some(variable), _) => format!(" (from {variable})"),
+        (None, Some(line)) => format!(" (line {line})"),
+        (None, None) => String::new(),
     }
 }
 

@@ -217,36 +217,11 @@ pub struct MatchConfig {
     pub subjects: Vec<String>,
 }
 
-/// Defaults for every sink's consumer (`consumers:`); each may be overridden in
-/// a sink's block.
-#[derive(Debug, Clone, Default)]
-pub struct ConsumerDefaults {
-    /// Durable consumer names are `<durable_prefix>-<source>-<sink>` (default `jetline`).
-    pub durable_prefix: Option<String>,
-    pub settings: ConsumerOverrides,
-}
-
-// By hand rather than with `flatten`, which would let unknown keys through.
-impl<'de> Deserialize<'de> for ConsumerDefaults {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let mut map = serde_json::Map::<String, serde_json::Value>::deserialize(deserializer)?;
-        let durable_prefix = match map.remove("durable_prefix") {
-            None => None,
-            Some(serde_json::Value::String(prefix)) => Some(prefix),
-            Some(other) => {
-                return Err(serde::de::Error::custom(format!(
-                    "durable_prefix: expected a string, found {other}"
-                )));
-            }
-        };
-        let settings = ConsumerOverrides::deserialize(serde_json::Value::Object(map))
-            .map_err(serde::de::Error::custom)?;
-        Ok(Self {
-            durable_prefix,
-            settings,
-        })
-    }
-}
+/// Defaults for every sink's consumer (`consumers:`): `durable_prefix`
+/// (durable consumer names are `<durable_prefix>-<source>-<sink>`, default
+/// `jetline`) and any key of [`ConsumerOverrides`], each of which a sink's
+/// block may override. Parsed in `validate.rs`, so each error names its key.
+pub type ConsumerDefaults = serde_json::Map<String, serde_json::Value>;
 
 /// The per-sink consumer settings; absent values come from `consumers:`.
 #[derive(Debug, Clone, Default, Deserialize)]

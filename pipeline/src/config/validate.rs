@@ -113,13 +113,22 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         errors.push(ConfigError::new("sources", "at least one source is needed"));
     }
 
-    let defaults = &raw.consumers.settings;
-    let durable_prefix = raw
-        .consumers
-        .durable_prefix
-        .clone()
-        .unwrap_or_else(|| DEFAULT_DURABLE_PREFIX.to_owned());
+    let mut consumers = raw.consumers.clone();
+    let durable_prefix = match consumers.remove("durable_prefix") {
+        None => DEFAULT_DURABLE_PREFIX.to_owned(),
+        Some(serde_json::Value::String(prefix)) => prefix,
+        Some(other) => {
+            errors.push(ConfigError::new(
+                "consumers.durable_prefix",
+                format!("expected a string, found {other}"),
+            ));
+            DEFAULT_DURABLE_PREFIX.to_owned()
+        }
+    };
     check_name(&mut errors, "consumers.durable_prefix", &durable_prefix);
+    let defaults: ConsumerOverrides =
+        parse_each(&mut errors, "consumers", consumers).unwrap_or_default();
+    let defaults = &defaults;
     check_overrides(&mut errors, "consumers", defaults);
 
     let mut sinks = BTreeMap::new();
@@ -250,8 +259,7 @@ fn parse_sink(
             }
         }
     }
-    let overrides: Option<ConsumerOverrides> =
-        parse_at(errors, &path, serde_json::Value::Object(common));
+    let overrides: Option<ConsumerOverrides> = parse_each(errors, &path, common);
     let schema_version = schema_version.and_then(|version| {
         match version.as_u64().and_then(|v| u32::try_from(v).ok()) {
             Some(version) if version >= 1 => Some(version),
@@ -356,6 +364,25 @@ pub(crate) fn parse_at<T: DeserializeOwned>(
             errors.push(ConfigError::new(path, err.into_inner().to_string()));
         })
         .ok()
+}
+
+/// As [`parse_at`], each key on its own first, so one bad value does not
+/// hide the problems of the others; the keys that parse are kept, so the
+/// checks after parsing still see them.
+fn parse_each<T: DeserializeOwned>(
+    errors: &mut Vec<ConfigError>,
+    prefix: &str,
+    block: serde_json::Map<String, serde_json::Value>,
+) -> Option<T> {
+    let mut good = serde_json::Map::new();
+    for (key, value) in block {
+        let single =
+            serde_json::Value::Object([(key.clone(), value.clone())].into_iter().collect());
+        if parse_at::<T>(errors, prefix, single).is_some() {
+            good.insert(key, value);
+        }
+    }
+    parse_at(errors, prefix, serde_json::Value::Object(good))
 }
 
 fn check_overrides(errors: &mut Vec<ConfigError>, path: &str, overrides: &ConsumerOverrides) {
