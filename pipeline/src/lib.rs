@@ -169,15 +169,10 @@ pub async fn run_with(
     run_prepared(prepare(config)?, shutdown, custom_sinks).await
 }
 
-/// As [`run_with`], from a configuration already prepared (e.g. by
-/// [`prepare_with`], which registers code upcasters).
-pub async fn run_prepared(
-    prepared: Prepared,
-    shutdown: CancellationToken,
-    custom_sinks: CustomSinks,
-) -> Result<(), RunError> {
-    let missing: Vec<ConfigError> = prepared
-        .config
+/// The sinks of `type: custom` that `custom_sinks` does not supply: a
+/// configuration error (the `jetline` binary supplies none).
+pub fn unregistered_sinks(config: &Config, custom_sinks: &CustomSinks) -> Vec<ConfigError> {
+    config
         .sinks
         .iter()
         .filter(|(name, sink)| {
@@ -189,7 +184,21 @@ pub async fn run_prepared(
                 "custom sinks exist only in programs that register them; this one does not",
             )
         })
-        .collect();
+        .collect()
+}
+
+/// As [`run_with`], from a configuration already prepared (e.g. by
+/// [`prepare_with`], which registers code upcasters).
+pub async fn run_prepared(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+) -> Result<(), RunError> {
+    // Nothing durable happens before what can be known is checked.
+    let mut missing = unregistered_sinks(&prepared.config, &custom_sinks);
+    missing.extend(sink::unset_environment(&prepared.config, |variable| {
+        std::env::var_os(variable).is_some()
+    }));
     if !missing.is_empty() {
         return Err(RunError::Config(ConfigErrors(missing)));
     }

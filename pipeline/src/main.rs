@@ -79,6 +79,16 @@ fn load(path: &std::path::Path) -> Result<jetline::Config, Failure> {
 
 fn check(path: &std::path::Path) -> Result<(), Failure> {
     let prepared = jetline::prepare(load(path)?)?;
+    // This binary registers no custom sink: `run` would refuse them.
+    let unregistered = jetline::unregistered_sinks(&prepared.config, &Default::default());
+    if !unregistered.is_empty() {
+        return Err(jetline::RunError::Config(jetline::config::ConfigErrors(unregistered)).into());
+    }
+    for unset in jetline::sink::unset_environment(&prepared.config, |variable| {
+        std::env::var_os(variable).is_some()
+    }) {
+        eprintln!("warning: {unset} here; run refuses to start without it");
+    }
     emit(&cli::check::summary(&prepared));
     Ok(())
 }

@@ -172,3 +172,55 @@ routes:
         assert!(!stdout.contains(debug_name), "{debug_name}: {stdout}");
     }
 }
+
+/// What `run` would refuse, `check` says: a custom sink this binary cannot
+/// supply is an error; a sink's variable unset here is a warning (check may
+/// run where the secrets are not), and `run` refuses it, exit 2, before it
+/// creates any consumer.
+#[tokio::test]
+async fn check_says_what_run_would_refuse_and_run_refuses_before_anything_durable() {
+    let custom = GOOD_BODY.replace(
+        "out: { type: jetstream, subject: 'projections.{aggregate_id}' }",
+        "out: { type: custom }",
+    );
+    let (code, _, stderr) = check(&config_yaml("nats://127.0.0.1:1", &custom));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("sinks.out.type"), "{stderr}");
+
+    let variable = "JETLINE_TEST_UNSET_HOOK_URL";
+    // A second sink, earlier in name order, whose consumer would be
+    // created first if the check came late.
+    let hook = GOOD_BODY
+        .replace(
+            "out: { type: jetstream, subject: 'projections.{aggregate_id}' }",
+            &format!(
+                "out: {{ type: http, url_env: {variable} }}\n  copy: {{ type: jetstream, subject: 'projections.{{aggregate_id}}' }}"
+            ),
+        )
+        .replace("to: [out]", "to: [out, copy]");
+    let (code, _, stderr) = check(&config_yaml("nats://127.0.0.1:1", &hook));
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: sinks.out.url_env: environment variable {variable} is not set"
+        )),
+        "{stderr}"
+    );
+
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_stream(&js, "ORDERS", &["orders.>"]).await;
+    let mut file = tempfile::NamedTempFile::new().expect("config file");
+    file.write_all(config_yaml(&server.url(), &hook).as_bytes())
+        .expect("written");
+    let output = Command::new(jetline_bin())
+        .args(["run", "--config"])
+        .arg(file.path())
+        .output()
+        .expect("jetline run runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("sinks.out.url_env"), "{stderr}");
+    let mut stream = js.get_stream("ORDERS").await.expect("stream");
+    assert_eq!(stream.info().await.expect("info").state.consumer_count, 0);
+}

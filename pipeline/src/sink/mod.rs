@@ -282,6 +282,40 @@ pub fn check_against_schemas(config: &Config, registry: &SchemaRegistry) -> Vec<
     errors
 }
 
+/// The environment variables the sinks read when they start (`url_env`,
+/// `headers_env`), each named by its key, that `is_set` says are missing:
+/// `run` refuses to start without them, before anything durable; `check`
+/// warns, since it may run where the secrets are not.
+pub fn unset_environment(config: &Config, is_set: impl Fn(&str) -> bool) -> Vec<ConfigError> {
+    let mut unset = Vec::new();
+    for (name, sink) in &config.sinks {
+        let mut needed: Vec<(String, &str)> = Vec::new();
+        match &sink.kind {
+            SinkKind::Http(http) => {
+                if let (None, Some(variable)) = (&http.url, &http.url_env) {
+                    needed.push((format!("sinks.{name}.url_env"), variable));
+                }
+                for (header, variable) in &http.headers_env {
+                    needed.push((format!("sinks.{name}.headers_env.{header}"), variable));
+                }
+            }
+            SinkKind::Postgres(postgres) => {
+                needed.push((format!("sinks.{name}.url_env"), &postgres.url_env));
+            }
+            SinkKind::JetStream(_) | SinkKind::Kv(_) | SinkKind::Custom => {}
+        }
+        for (key, variable) in needed {
+            if !is_set(variable) {
+                unset.push(ConfigError::new(
+                    key,
+                    format!("environment variable {variable} is not set"),
+                ));
+            }
+        }
+    }
+    unset
+}
+
 #[cfg(test)]
 mod tests {
     use crate::{RunError, config::load_str, prepare};
