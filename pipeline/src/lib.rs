@@ -95,6 +95,10 @@ pub enum RunError {
     },
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    /// A rebuild that cannot go on (the consumer is held, the bucket
+    /// cannot be purged).
+    #[error("{0}")]
+    Replay(String),
     #[error("{0}")]
     Usage(String),
 }
@@ -113,7 +117,8 @@ impl RunError {
             | RunError::Source(_)
             | RunError::Membership(_)
             | RunError::Sink { .. }
-            | RunError::Metrics(_) => 1,
+            | RunError::Metrics(_)
+            | RunError::Replay(_) => 1,
         }
     }
 }
@@ -194,6 +199,24 @@ pub async fn run_prepared(
     shutdown: CancellationToken,
     custom_sinks: CustomSinks,
 ) -> Result<(), RunError> {
+    run_inner(prepared, shutdown, custom_sinks, Replication::Shared).await
+}
+
+/// Whether this process shares partitions with other replicas (`run`) or
+/// applies every partition itself (`replay`, which has checked that no
+/// replica holds them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Replication {
+    Shared,
+    Sole,
+}
+
+pub(crate) async fn run_inner(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+    replication: Replication,
+) -> Result<(), RunError> {
     // Nothing durable happens before what can be known is checked.
     let mut missing = unregistered_sinks(&prepared.config, &custom_sinks);
     missing.extend(sink::unset_environment(&prepared.config, |variable| {
@@ -233,7 +256,7 @@ pub async fn run_prepared(
         &config.dead_letter.subject_prefix,
     );
     dead_letters.ensure_stream().await?;
-    let replicas = Replicas::start(config, &jetstream, &shutdown).await?;
+    let replicas = Replicas::start(config, &jetstream, &shutdown, replication).await?;
 
     let mut consumers = JoinSet::new();
     for (sink_name, sink) in &config.sinks {
@@ -352,13 +375,14 @@ impl Replicas {
         config: &Config,
         jetstream: &async_nats::jetstream::Context,
         shutdown: &CancellationToken,
+        replication: Replication,
     ) -> Result<Self, RunError> {
         let active = membership::ActiveSet::default();
         let stop = shutdown.child_token();
         let partitioned: Vec<&config::PipelineSpec> = config
             .pipelines
             .iter()
-            .filter(|spec| spec.is_partitioned())
+            .filter(|spec| spec.is_partitioned() && replication == Replication::Shared)
             .collect();
         // The lease is the shortest takeover among the partitioned sinks: a
         // dead replica's partitions move about as fast as a pin expires.

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status(&args.config),
         Command::Upcast(args) => upcast(&args),
         Command::Ready(args) => ready(&args.config),
+        Command::Replay { config, args } => replay(&config.config, args),
         Command::Schema { command } => schema(command),
     };
     match result {
@@ -183,6 +184,14 @@ fn status(path: &std::path::Path) -> Result<(), Failure> {
             ),
         });
     }
+    Ok(())
+}
+
+fn replay(path: &std::path::Path, args: cli::replay::ReplayArgs) -> Result<(), Failure> {
+    let prepared = jetline::prepare(load(path)?)?;
+    let mut progress = |line: &str| eprintln!("{line}");
+    let report = runtime()?.block_on(cli::replay::replay(prepared, args, &mut progress))?;
+    emit(&report);
     Ok(())
 }
 

@@ -157,11 +157,23 @@ impl Delivery {
 pub const PRIORITY_GROUP: &str = "jetline";
 
 /// Creates the durable consumer, or updates it when the config changed in a
-/// way JetStream allows (otherwise the server's refusal is the error).
+/// way JetStream allows (otherwise the server's refusal is the error). An
+/// existing consumer keeps where it starts (`jetline replay` may have set
+/// it); a new one starts at the beginning of the stream.
 pub async fn bind(
     jetstream: &jetstream::Context,
     spec: &PipelineSpec,
     settings: &ConsumerSettings,
+) -> Result<PullConsumer, SourceError> {
+    bind_from(jetstream, spec, settings, None).await
+}
+
+/// As [`bind`], a new consumer starting at `start` (`None`: as [`bind`]).
+pub async fn bind_from(
+    jetstream: &jetstream::Context,
+    spec: &PipelineSpec,
+    settings: &ConsumerSettings,
+    start: Option<DeliverPolicy>,
 ) -> Result<PullConsumer, SourceError> {
     let stream =
         jetstream
@@ -171,6 +183,13 @@ pub async fn bind(
                 stream: spec.stream.clone(),
                 message: err.to_string(),
             })?;
+    let deliver_policy = match start {
+        Some(start) => start,
+        None => match stream.consumer_info(&spec.durable_name).await {
+            Ok(info) => info.config.deliver_policy,
+            Err(_) => DeliverPolicy::All,
+        },
+    };
     let (filter_subject, filter_subjects) = match spec.filter_subjects.as_slice() {
         [one] => (one.clone(), Vec::new()),
         many => (String::new(), many.to_vec()),
@@ -181,7 +200,7 @@ pub async fn bind(
             "jetline: source {} to sink {}",
             spec.source, spec.sink
         )),
-        deliver_policy: DeliverPolicy::All,
+        deliver_policy,
         ack_policy: AckPolicy::Explicit,
         ack_wait: settings.ack_wait,
         max_ack_pending: settings.max_ack_pending,

@@ -17,6 +17,7 @@ mod partitions;
 mod postgres;
 mod projections;
 mod publish;
+mod replay;
 mod replicas;
 mod schema_diff;
 mod security;

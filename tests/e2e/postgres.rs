@@ -337,3 +337,49 @@ async fn a_missing_connection_string_stops_jetline_with_exit_2_naming_the_key() 
     assert!(stderr.contains("PGMISSING_DATABASE_URL"), "{stderr}");
     assert!(stderr.contains("sinks.counts.url_env"), "{stderr}");
 }
+
+/// `jetline replay --reset` on a PostgreSQL sink: its `reset_sql` and its
+/// checkpoints cleared in one transaction, then every event applied again
+/// once, in order, over a table damaged by hand.
+#[tokio::test]
+async fn replay_with_reset_rebuilds_the_table_exactly_once() {
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    let database = Postgres::start();
+    let client = database.client().await;
+    let (stream, table) = ("PGREPLAY", "pg_replay_counts");
+    create_stream(&js, stream, &[&format!("{stream}.>")]).await;
+    create_counts_table(&client, table).await;
+    let (aggregates, per_aggregate) = (5, 20);
+    publish_counted(&js, stream, aggregates, per_aggregate).await;
+    let yaml = counting_config(
+        &server.url(),
+        stream,
+        table,
+        &format!("reset_sql: \"TRUNCATE {table}\""),
+    );
+    let env = [("PGREPLAY_DATABASE_URL", database.url())];
+    let running = Process::start_with_env(&yaml, &env);
+    until_settled(&js, stream, "counts").await;
+    assert_eq!(running.terminate(), Some(0));
+    client
+        .batch_execute(&format!(
+            "UPDATE {table} SET events = 999 WHERE id = 'order-0'"
+        ))
+        .await
+        .expect("damaged");
+
+    let file = tempfile::NamedTempFile::new().expect("config file");
+    std::fs::write(file.path(), &yaml).expect("config written");
+    let output = std::process::Command::new(jetline_bin())
+        .args(["replay", "--config"])
+        .arg(file.path())
+        .args(["--sink", "counts", "--from-start", "--reset"])
+        .envs(env)
+        .output()
+        .expect("jetline replay runs");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("reset: reset_sql run"), "{stderr}");
+    assert_counted_once_in_order(&client, table, aggregates, per_aggregate).await;
+}

@@ -4,6 +4,7 @@ pub mod check;
 pub mod dlq;
 pub mod publish;
 pub mod ready;
+pub mod replay;
 pub mod run;
 pub mod schema;
 pub mod status;
@@ -60,6 +61,14 @@ pub enum Command {
     /// Exit 0 when the Jetline running with this configuration answers /readyz
     /// with 200 (a container's health check), 1 with the reason otherwise.
     Ready(ConfigArg),
+    /// Rebuild one sink's projection: reposition its consumers (optionally
+    /// emptying the projection first) and apply until caught up.
+    Replay {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: replay::ReplayArgs,
+    },
     /// Compare the schemas with an older copy: what breaks stored events.
     Schema {
         #[command(subcommand)]

@@ -37,6 +37,10 @@ pub struct PostgresSinkConfig {
     /// The statement of each event type; other event types are acked and
     /// counted as skipped.
     pub on: BTreeMap<String, StatementConfig>,
+    /// SQL that empties the projection (e.g. `TRUNCATE orders`), run by
+    /// `jetline replay --reset` with this sink's checkpoints cleared in the
+    /// same transaction.
+    pub reset_sql: Option<String>,
 }
 
 fn default_url_env() -> String {

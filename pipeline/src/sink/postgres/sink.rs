@@ -18,6 +18,7 @@ use super::{
     sql::{self, SqlValue},
     tls::{self, TlsSetupError},
 };
+use crate::sink::with_causes;
 use crate::{
     schema::SchemaRegistry,
     sink::{
@@ -40,6 +41,77 @@ pub struct PostgresSink {
     plans: HashMap<String, Plan>,
 }
 
+/// The connection pool of sink `name`, from its `url_env` variable.
+fn pool(name: &str, config: &PostgresSinkConfig) -> Result<Pool, SinkError> {
+    let environment_error = || SinkError::Environment {
+        variable: config.url_env.clone(),
+        key: format!("sinks.{name}.url_env"),
+    };
+    let url = std::env::var(&config.url_env).map_err(|_| environment_error())?;
+    // No error shows the string: it could quote the password.
+    let connection = tls::prepare(&url).map_err(|err| match err {
+        TlsSetupError::InvalidString => environment_error(),
+        other => SinkError::ConnectionSettings {
+            key: format!("sinks.{name}.url_env (${})", config.url_env),
+            message: other.to_string(),
+        },
+    })?;
+    let manager = Manager::from_config(
+        connection.config,
+        connection.tls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(manager)
+        .max_size(config.pool_size)
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(POOL_TIMEOUT))
+        .create_timeout(Some(POOL_TIMEOUT))
+        .recycle_timeout(Some(POOL_TIMEOUT))
+        .build()
+        .map_err(|err| SinkError::Setup(format!("sink {name}: {err}")))
+}
+
+/// Empties sink `name`'s projection for a rebuild: its `reset_sql` and its
+/// checkpoints, in one transaction.
+pub async fn reset(name: &str, config: &PostgresSinkConfig) -> Result<(), SinkError> {
+    let Some(reset_sql) = &config.reset_sql else {
+        return Err(SinkError::Setup(format!(
+            "sinks.{name}.reset_sql is not set: give the SQL that empties the projection"
+        )));
+    };
+    let mut client = pool(name, config)?
+        .get()
+        .await
+        .map_err(|err| SinkError::Pool(with_causes(&err)))?;
+    let transaction = client
+        .transaction()
+        .await
+        .map_err(|err| sql::sink_error(&err))?;
+    transaction
+        .batch_execute(reset_sql)
+        .await
+        .map_err(|err| sql::sink_error(&err))?;
+    // No checkpoint table yet: nothing was applied through it.
+    let table = &config.checkpoint_table;
+    let exists = transaction
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[table])
+        .await
+        .map_err(|err| sql::sink_error(&err))?;
+    if exists.get::<_, bool>(0) {
+        let checkpoints = format!("DELETE FROM {table} WHERE sink = $1");
+        transaction
+            .execute(checkpoints.as_str(), &[&name])
+            .await
+            .map_err(|err| sql::sink_error(&err))?;
+    }
+    transaction
+        .commit()
+        .await
+        .map_err(|err| sql::sink_error(&err))
+}
+
 impl PostgresSink {
     /// Builds the pool and starts the batch writer. Connects lazily: a
     /// database that is down at start-up only delays the first batch.
@@ -53,34 +125,7 @@ impl PostgresSink {
         pin: Option<u32>,
         feeders: usize,
     ) -> Result<Self, SinkError> {
-        let environment_error = || SinkError::Environment {
-            variable: config.url_env.clone(),
-            key: format!("sinks.{name}.url_env"),
-        };
-        let url = std::env::var(&config.url_env).map_err(|_| environment_error())?;
-        // No error shows the string: it could quote the password.
-        let connection = tls::prepare(&url).map_err(|err| match err {
-            TlsSetupError::InvalidString => environment_error(),
-            other => SinkError::ConnectionSettings {
-                key: format!("sinks.{name}.url_env (${})", config.url_env),
-                message: other.to_string(),
-            },
-        })?;
-        let manager = Manager::from_config(
-            connection.config,
-            connection.tls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(manager)
-            .max_size(config.pool_size)
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(POOL_TIMEOUT))
-            .create_timeout(Some(POOL_TIMEOUT))
-            .recycle_timeout(Some(POOL_TIMEOUT))
-            .build()
-            .map_err(|err| SinkError::Setup(format!("sink {name}: {err}")))?;
+        let pool = pool(name, config)?;
 
         let mut statements = Vec::new();
         let mut plans = HashMap::new();
