@@ -231,6 +231,10 @@ pub async fn keep(
 ) {
     let mut tick = tokio::time::interval(lease / 3);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Replicas started together see each other once every one has written
+    // its lease: claiming at the first write would take every partition and
+    // hand most of them back a moment later.
+    let mut announced = false;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -243,6 +247,10 @@ pub async fn keep(
         let body = serde_json::to_vec(&written).unwrap_or_default();
         if let Err(error) = store.put(&instance, body.into()).await {
             tracing::warn!(instance = %instance, error = %error, "Cannot renew this replica's lease");
+            continue;
+        }
+        if !announced {
+            announced = true;
             continue;
         }
         let members: Vec<String> = match leases(&store).await {
