@@ -15,6 +15,9 @@ fn main() -> Result<(), Box<dyn Error>> {
         out_dir.join("envelope_descriptor.bin"),
         descriptors.encode_to_vec(),
     )?;
-    prost_build::Config::new().compile_fds(descriptors)?;
+    // The payload is a slice of the received message, not a copy of it.
+    prost_build::Config::new()
+        .bytes([".jetline.v1.Envelope.payload"])
+        .compile_fds(descriptors)?;
     Ok(())
 }

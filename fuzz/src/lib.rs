@@ -64,7 +64,11 @@ pub fn envelope_binary(data: &[u8]) {
     let decoded = decoder.decode(None, data);
     // The pass-through path validates on the wire instead of decoding: the
     // verdict must be the same.
-    let validated = decoder.decode_for(Encoding::Protobuf, data, |_, _| PayloadNeed::Valid);
+    let validated = decoder.decode_for(
+        Encoding::Protobuf,
+        &bytes::Bytes::copy_from_slice(data),
+        |_, _| PayloadNeed::Valid,
+    );
     assert_same_verdict(&decoded, &validated);
     let peeked = peek(None, data);
     if let Ok(envelope) = decoded {
@@ -135,7 +139,7 @@ pub fn upcast_chain(data: &[u8]) {
         schema_version: *version,
         aggregate_id: "fuzz".into(),
         occurred_at: Some(prost_types::Timestamp::default()),
-        payload: payload.to_vec(),
+        payload: bytes::Bytes::copy_from_slice(payload),
         ..wire::Envelope::default()
     }
     .encode_to_vec();

@@ -117,6 +117,36 @@ fn upcast(c: &mut Criterion) {
         })
     });
     group.finish();
+
+    // The envelope's own share of the hot path: read for a sink that passes
+    // the source's bytes on, read whole, and written after an upcast.
+    let v3_envelope = bytes::Bytes::from(at_v3.encode_protobuf());
+    let mut group = c.benchmark_group("envelope");
+    group.throughput(Throughput::Elements(1));
+    for (need, name) in [
+        (
+            jetline::envelope::PayloadNeed::Valid,
+            "decode v3 envelope, payload validated only",
+        ),
+        (
+            jetline::envelope::PayloadNeed::Message,
+            "decode v3 envelope, payload decoded",
+        ),
+    ] {
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                decoder.decode_for(
+                    jetline::envelope::Encoding::Protobuf,
+                    black_box(&v3_envelope),
+                    |_, _| need,
+                )
+            })
+        });
+    }
+    group.bench_function("encode v3 envelope", |b| {
+        b.iter(|| black_box(&at_v3).encode_protobuf())
+    });
+    group.finish();
 }
 
 criterion_group!(benches, upcast);

@@ -95,10 +95,11 @@ impl<T> Lanes<T> {
             self.unkeyed.push_back(item);
             return None;
         };
-        let state = self
-            .keys
-            .entry(key.to_owned())
-            .or_insert_with(KeyState::new);
+        // The key is copied only when it is new: most events find theirs.
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_owned(), KeyState::new());
+        }
+        let state = self.keys.get_mut(key).expect("the key was inserted above");
         if state.in_flight == Some(seq) {
             return Some(item);
         }

@@ -617,11 +617,8 @@ impl<S: Sink> Pipeline<S> {
         if partition.count <= 1 {
             return true;
         }
-        match envelope::peek(delivery.content_type(), &delivery.body) {
-            Some(peek) => {
-                membership::partition_of(peek.aggregate_id.as_bytes(), partition.count)
-                    == partition.index
-            }
+        match envelope::aggregate_id(delivery.content_type(), &delivery.body) {
+            Some(id) => membership::partition_of(id.as_bytes(), partition.count) == partition.index,
             None => partition.index == 0,
         }
     }

@@ -969,7 +969,7 @@ mod tests {
                 schema_version: self.version,
                 aggregate_id: "a-1".into(),
                 occurred_at: Some(prost_types::Timestamp::default()),
-                payload: payload.to_vec(),
+                payload: bytes::Bytes::copy_from_slice(payload),
                 ..wire::Envelope::default()
             };
             let decoder = Decoder::new(self.registry.clone(), policy);

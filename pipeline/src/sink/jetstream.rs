@@ -7,7 +7,8 @@
 //! upcast goes out as the source's own bytes when the encodings agree.
 
 use async_nats::{
-    HeaderMap,
+    HeaderMap, HeaderName,
+    header::NATS_MESSAGE_ID,
     jetstream::{self, context::PublishErrorKind},
 };
 
@@ -63,38 +64,40 @@ impl JetStreamSink {
     }
 
     fn headers(&self, event: &Event) -> HeaderMap {
+        // Names made from static text: no allocation per event.
+        let name = HeaderName::from_static;
         let envelope = &event.envelope;
         let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
-        headers.insert("Content-Type", self.encoding.content_type());
+        headers.insert(NATS_MESSAGE_ID, envelope.event_id.as_str());
+        headers.insert(name("Content-Type"), self.encoding.content_type());
         if let Some(source) = &event.delivery.headers {
-            for name in CARRIED_HEADERS {
-                if let Some(value) = source.get(*name) {
-                    headers.insert(*name, value.as_str());
+            for &carried in CARRIED_HEADERS {
+                if let Some(value) = source.get(name(carried)) {
+                    headers.insert(name(carried), value.as_str());
                 }
             }
         }
         if self.header_set == HeaderSet::Minimal {
             return headers;
         }
-        headers.insert(header::EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(name(header::EVENT_TYPE), envelope.event_type.as_str());
         headers.insert(
-            header::SCHEMA_VERSION,
+            name(header::SCHEMA_VERSION),
             envelope.schema_version.to_string().as_str(),
         );
-        headers.insert(header::AGGREGATE_ID, envelope.aggregate_id.as_str());
-        for (name, value) in [
+        headers.insert(name(header::AGGREGATE_ID), envelope.aggregate_id.as_str());
+        for (header_name, value) in [
             (header::AGGREGATE_TYPE, &envelope.aggregate_type),
             (header::CORRELATION_ID, &envelope.correlation_id),
             (header::CAUSATION_ID, &envelope.causation_id),
         ] {
             if !value.is_empty() {
-                headers.insert(name, value.as_str());
+                headers.insert(name(header_name), value.as_str());
             }
         }
-        headers.insert(header::SOURCE_STREAM, event.delivery.stream.as_ref());
+        headers.insert(name(header::SOURCE_STREAM), event.delivery.stream.as_ref());
         headers.insert(
-            header::SOURCE_SEQ,
+            name(header::SOURCE_SEQ),
             event.delivery.stream_seq.to_string().as_str(),
         );
         headers
