@@ -47,7 +47,7 @@ pub mod text;
 pub mod upcast;
 pub mod wire_check;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +58,7 @@ use crate::{
     config::{ConfigError, ConfigErrors, SinkKind},
     dead_letter::{DeadLetterError, DeadLetters},
     envelope::Decoder,
+    membership::{Replicas, Replication},
     pipeline::Pipeline,
     route::Router,
     schema::{SchemaError, SchemaRegistry},
@@ -200,15 +201,6 @@ pub async fn run_prepared(
     custom_sinks: CustomSinks,
 ) -> Result<(), RunError> {
     run_inner(prepared, shutdown, custom_sinks, Replication::Shared).await
-}
-
-/// Whether this process shares partitions with other replicas (`run`) or
-/// applies every partition itself (`replay`, which has checked that no
-/// replica holds them).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Replication {
-    Shared,
-    Sole,
 }
 
 pub(crate) async fn run_inner(
@@ -359,77 +351,6 @@ struct SpawnContext<'a> {
     readiness: &'a Arc<Readiness>,
     shutdown: &'a CancellationToken,
     replicas: &'a Replicas,
-}
-
-/// This replica among the others: its lease and the ownership of each
-/// partition, kept only when some (source, sink) is partitioned.
-struct Replicas {
-    active: membership::ActiveSet,
-    owned: BTreeMap<String, membership::Owned>,
-    keeper: Option<tokio::task::JoinHandle<()>>,
-    stop: CancellationToken,
-}
-
-impl Replicas {
-    async fn start(
-        config: &Config,
-        jetstream: &async_nats::jetstream::Context,
-        shutdown: &CancellationToken,
-        replication: Replication,
-    ) -> Result<Self, RunError> {
-        let active = membership::ActiveSet::default();
-        let stop = shutdown.child_token();
-        let partitioned: Vec<&config::PipelineSpec> = config
-            .pipelines
-            .iter()
-            .filter(|spec| spec.is_partitioned() && replication == Replication::Shared)
-            .collect();
-        // The lease is the shortest takeover among the partitioned sinks: a
-        // dead replica's partitions move about as fast as a pin expires.
-        let Some(lease) = partitioned
-            .iter()
-            .map(|spec| config.sinks[&spec.sink].consumer.takeover_after)
-            .min()
-        else {
-            return Ok(Self {
-                active,
-                owned: BTreeMap::new(),
-                keeper: None,
-                stop,
-            });
-        };
-        let store = membership::open(jetstream, &config.dead_letter.stream, lease).await?;
-        let instance = membership::instance_name();
-        let mut owned = BTreeMap::new();
-        let mut partitions = Vec::new();
-        for spec in partitioned {
-            let (partition, receiver) = membership::Partition::of(spec);
-            partitions.push(partition);
-            owned.insert(spec.durable_name.clone(), receiver);
-        }
-        tracing::info!(instance = %instance, partitions = partitions.len(), lease = ?lease, "Sharing partitions with the other replicas");
-        let keeper = tokio::spawn(membership::keep(
-            store,
-            instance,
-            lease,
-            active.clone(),
-            partitions,
-            stop.clone(),
-        ));
-        Ok(Self {
-            active,
-            owned,
-            keeper: Some(keeper),
-            stop,
-        })
-    }
-
-    async fn stop(self) {
-        self.stop.cancel();
-        if let Some(keeper) = self.keeper {
-            let _ = keeper.await;
-        }
-    }
 }
 
 impl SpawnContext<'_> {

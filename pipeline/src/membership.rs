@@ -210,7 +210,7 @@ impl Partition {
     pub fn of(spec: &PipelineSpec) -> (Self, Owned) {
         let (owned, receiver) = watch::channel(false);
         let partition = Partition {
-            consumer: spec.consumer_base().to_owned(),
+            consumer: spec.consumer.clone(),
             index: spec.partition.index,
             owned,
         };
@@ -273,6 +273,89 @@ pub async fn keep(
         partition.owned.send_replace(false);
     }
     let _ = store.purge(&instance).await;
+}
+
+/// Whether this process shares partitions with other replicas (`run`) or
+/// applies every partition itself (`replay`, which has checked that no
+/// replica holds them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replication {
+    Shared,
+    Sole,
+}
+
+/// This replica among the others: its lease and the ownership of each
+/// partition, kept only when some (source, sink) is partitioned.
+pub struct Replicas {
+    /// The consumers this replica is active on, for its lease.
+    pub active: ActiveSet,
+    /// Per partition's durable consumer: whether this replica owns it.
+    pub owned: BTreeMap<String, Owned>,
+    keeper: Option<tokio::task::JoinHandle<()>>,
+    stop: CancellationToken,
+}
+
+impl Replicas {
+    pub async fn start(
+        config: &crate::config::Config,
+        jetstream: &async_nats::jetstream::Context,
+        shutdown: &CancellationToken,
+        replication: Replication,
+    ) -> Result<Self, MembershipError> {
+        let active = ActiveSet::default();
+        let stop = shutdown.child_token();
+        let partitioned: Vec<&PipelineSpec> = config
+            .pipelines
+            .iter()
+            .filter(|spec| spec.is_partitioned() && replication == Replication::Shared)
+            .collect();
+        // The lease is the shortest takeover among the partitioned sinks: a
+        // dead replica's partitions move about as fast as a pin expires.
+        let Some(lease) = partitioned
+            .iter()
+            .map(|spec| config.sinks[&spec.sink].consumer.takeover_after)
+            .min()
+        else {
+            return Ok(Self {
+                active,
+                owned: BTreeMap::new(),
+                keeper: None,
+                stop,
+            });
+        };
+        let store = open(jetstream, &config.dead_letter.stream, lease).await?;
+        let instance = instance_name();
+        let mut owned = BTreeMap::new();
+        let mut partitions = Vec::new();
+        for spec in partitioned {
+            let (partition, receiver) = Partition::of(spec);
+            partitions.push(partition);
+            owned.insert(spec.durable_name.clone(), receiver);
+        }
+        tracing::info!(instance = %instance, partitions = partitions.len(), lease = ?lease, "Sharing partitions with the other replicas");
+        let keeper = tokio::spawn(keep(
+            store,
+            instance,
+            lease,
+            active.clone(),
+            partitions,
+            stop.clone(),
+        ));
+        Ok(Self {
+            active,
+            owned,
+            keeper: Some(keeper),
+            stop,
+        })
+    }
+
+    /// Stops renewing the lease, and purges it.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        if let Some(keeper) = self.keeper {
+            let _ = keeper.await;
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,6 @@ use std::{
 };
 
 use async_nats::jetstream::{self, kv, stream};
-use serde_json::Value;
 
 use crate::support::*;
 
@@ -116,14 +115,6 @@ async fn publish(js: &jetstream::Context, ids: &[(String, String)]) {
     publish_all(js, outgoing).await;
 }
 
-fn number(event_id: &str) -> usize {
-    event_id
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX)
-}
-
 /// Waits until every event is applied by both sinks, then checks each was
 /// applied once, each aggregate's in order, and nothing dead-lettered.
 async fn assert_applied_once_in_order(
@@ -137,53 +128,9 @@ async fn assert_applied_once_in_order(
         (stream_count(js, "PART_OUT").await >= total).then_some(())
     })
     .await;
-    let store = js.get_key_value("PART_COUNTS").await.expect("bucket");
-    let counts = eventually(timeout, "every event counted", || async {
-        let mut counts = BTreeMap::new();
-        for aggregate in 0..aggregates {
-            let bytes = store.get(format!("order.order-{aggregate}")).await.ok()??;
-            let document: Value = serde_json::from_slice(&bytes).ok()?;
-            counts.insert(aggregate, document);
-        }
-        counts
-            .values()
-            .all(|document| document["events"].as_u64() >= Some(per_aggregate as u64))
-            .then_some(counts)
-    })
-    .await;
-
-    let copied = stream_messages(js, "PART_OUT").await;
-    assert_eq!(copied.len() as u64, total, "one copy per event");
-    let mut by_aggregate: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for message in &copied {
-        let id = message
-            .headers
-            .get("Nats-Msg-Id")
-            .map(|value| value.as_str().to_owned())
-            .expect("an event id");
-        let aggregate = message.subject.trim_start_matches("partout.").to_owned();
-        by_aggregate.entry(aggregate).or_default().push(number(&id));
-    }
-    let expected: Vec<usize> = (0..per_aggregate).collect();
-    let inversions: usize = by_aggregate
-        .values()
-        .map(|numbers| numbers.windows(2).filter(|pair| pair[0] > pair[1]).count())
-        .sum();
-    assert_eq!(inversions, 0, "per-aggregate order in the copy");
-    for (aggregate, numbers) in &by_aggregate {
-        assert_eq!(numbers, &expected, "order of {aggregate}");
-    }
-    for (aggregate, document) in counts {
-        assert_eq!(
-            document["events"].as_u64(),
-            Some(per_aggregate as u64),
-            "{document}"
-        );
-        assert_eq!(
-            document["last_event"].as_str(),
-            Some(format!("order-{aggregate}-{}", per_aggregate - 1).as_str())
-        );
-    }
+    accounting::assert_counted_once(js, "PART_COUNTS", aggregates, per_aggregate, timeout).await;
+    accounting::assert_copied_once_in_order(js, "PART_OUT", "partout.", aggregates, per_aggregate)
+        .await;
     assert_eq!(
         stream_count(js, "DLQ_PART").await,
         0,

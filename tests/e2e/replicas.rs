@@ -3,9 +3,7 @@
 //! standby takes over from a killed one with per-aggregate order and
 //! exactly-once effect intact.
 
-use std::{collections::BTreeMap, time::Duration};
-
-use serde_json::Value;
+use std::time::Duration;
 
 use crate::support::*;
 
@@ -34,15 +32,6 @@ consumers: { ack_wait: 5s, takeover_after: 3s, retry: { backoff: [200ms] } }
 dead_letter: { stream: DLQ_REPL, subject_prefix: dlq_repl }
 ",
     )
-}
-
-/// The event number `n` of an aggregate, as its id says.
-fn number(event_id: &str) -> usize {
-    event_id
-        .rsplit('-')
-        .next()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(usize::MAX)
 }
 
 /// How many consumers the replica whose metrics listen on `port` holds.
@@ -115,50 +104,18 @@ async fn two_replicas_apply_each_event_once_and_a_standby_takes_over_from_a_kill
     })
     .await;
 
-    // JetStream sink: one message per event, each aggregate's in order.
-    let copied = stream_messages(&js, "REPL_OUT").await;
-    assert_eq!(copied.len(), ids.len());
-    let mut by_aggregate: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-    for message in &copied {
-        let id = message
-            .headers
-            .get("Nats-Msg-Id")
-            .map(|value| value.as_str().to_owned())
-            .expect("an event id");
-        let aggregate = message.subject.trim_start_matches("replout.").to_owned();
-        by_aggregate.entry(aggregate).or_default().push(number(&id));
-    }
-    for (aggregate, numbers) in &by_aggregate {
-        let expected: Vec<usize> = (0..PER_AGGREGATE).collect();
-        assert_eq!(numbers, &expected, "order of {aggregate}");
-    }
-
+    // JetStream sink: one message per event, each aggregate's in order;
     // KV sink: every event counted once, the last one last.
-    let store = js.get_key_value("REPL_COUNTS").await.expect("bucket");
-    let counts = eventually(Duration::from_secs(30), "every event counted", || async {
-        let mut counts = BTreeMap::new();
-        for aggregate in 0..AGGREGATES {
-            let bytes = store.get(format!("order.order-{aggregate}")).await.ok()??;
-            let document: Value = serde_json::from_slice(&bytes).ok()?;
-            counts.insert(aggregate, document);
-        }
-        counts
-            .values()
-            .all(|document| document["events"].as_i64() >= Some(PER_AGGREGATE as i64))
-            .then_some(counts)
-    })
+    accounting::assert_copied_once_in_order(&js, "REPL_OUT", "replout.", AGGREGATES, PER_AGGREGATE)
+        .await;
+    accounting::assert_counted_once(
+        &js,
+        "REPL_COUNTS",
+        AGGREGATES,
+        PER_AGGREGATE,
+        Duration::from_secs(30),
+    )
     .await;
-    for (aggregate, document) in counts {
-        assert_eq!(
-            document["events"].as_i64(),
-            Some(PER_AGGREGATE as i64),
-            "{document}"
-        );
-        assert_eq!(
-            document["last_event"].as_str(),
-            Some(format!("order-{aggregate}-{}", PER_AGGREGATE - 1).as_str())
-        );
-    }
     let dead = stream_count(&js, "DLQ_REPL").await;
     assert_eq!(dead, 0, "nothing dead-lettered");
 }

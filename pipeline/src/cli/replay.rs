@@ -11,8 +11,9 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Prepared, Replication, RunError,
+    Prepared, RunError,
     config::{PipelineSpec, SinkKind},
+    membership::Replication,
     nats,
     sink::{self, custom::CustomSinks},
     source,
@@ -41,25 +42,15 @@ pub struct ReplayArgs {
     pub force: bool,
 }
 
-/// Progress as it goes: one line every `every`.
-pub trait Progress {
-    fn line(&mut self, text: &str);
-}
-
-impl<F: FnMut(&str)> Progress for F {
-    fn line(&mut self, text: &str) {
-        self(text)
-    }
-}
-
 /// How often progress is reported and the consumers are read.
 const TICK: Duration = Duration::from_secs(1);
 
-/// Rebuilds the projection; returns the closing report.
+/// Rebuilds the projection, telling `progress` how it goes (a line per
+/// step, and one every second while applying); returns the closing report.
 pub async fn replay(
     prepared: Prepared,
     args: ReplayArgs,
-    progress: &mut dyn Progress,
+    progress: &mut dyn FnMut(&str),
 ) -> Result<String, RunError> {
     let config = &prepared.config;
     let Some(sink) = config.sinks.get(&args.sink) else {
@@ -121,7 +112,7 @@ pub async fn replay(
                     .purge()
                     .await
                     .map_err(|err| RunError::Replay(format!("purge {}: {err}", kv.bucket)))?;
-                progress.line(&format!("reset: bucket {} purged", kv.bucket));
+                progress(&format!("reset: bucket {} purged", kv.bucket));
             }
             SinkKind::Postgres(postgres) => {
                 sink::postgres::sink::reset(&args.sink, postgres)
@@ -130,7 +121,7 @@ pub async fn replay(
                         sink: args.sink.clone(),
                         source,
                     })?;
-                progress.line("reset: reset_sql run and the sink's checkpoints cleared");
+                progress("reset: reset_sql run and the sink's checkpoints cleared");
             }
             SinkKind::JetStream(_) | SinkKind::Http(_) | SinkKind::Custom => {}
         }
@@ -146,7 +137,7 @@ pub async fn replay(
         source::bind_from(&js, spec, settings, Some(start)).await?;
     }
     let total = outstanding(&js, &specs).await.unwrap_or(0);
-    progress.line(&format!(
+    progress(&format!(
         "replay {}: {} consumer(s) repositioned, {total} deliveries to apply",
         args.sink,
         specs.len()
@@ -182,7 +173,7 @@ pub async fn replay(
         } else {
             "-".to_owned()
         };
-        progress.line(&format!(
+        progress(&format!(
             "replay {}: {done}/{total} ({:.0}%), {rate:.0}/s, ETA {eta}",
             args.sink,
             if total == 0 {

@@ -200,8 +200,11 @@ pub struct PipelineSpec {
     pub source: String,
     pub stream: String,
     pub sink: String,
-    /// `<durable_prefix>-<source>-<sink>`, with `-p<index>` when the pair
-    /// is partitioned.
+    /// `<durable_prefix>-<source>-<sink>`: the pair's name, shared by its
+    /// partitions.
+    pub consumer: String,
+    /// The durable consumer's name: [`PipelineSpec::consumer`], with
+    /// `-p<index>` when the pair is partitioned.
     pub durable_name: String,
     /// Which share of the pair's aggregates this consumer applies.
     pub partition: Partitioning,
@@ -219,17 +222,6 @@ pub struct Partitioning {
 }
 
 impl PipelineSpec {
-    /// The durable name without the partition suffix.
-    pub fn consumer_base(&self) -> &str {
-        match self.partition.count {
-            1 => &self.durable_name,
-            _ => self
-                .durable_name
-                .rsplit_once("-p")
-                .map_or(self.durable_name.as_str(), |(base, _)| base),
-        }
-    }
-
     pub fn is_partitioned(&self) -> bool {
         self.partition.count > 1
     }

@@ -607,14 +607,16 @@ fn derive_pipelines(
             let pipeline = match position {
                 Some(position) => &mut pipelines[position],
                 None => {
+                    let consumer = format!(
+                        "{}-{}-{}",
+                        sink.consumer.durable_prefix, route.from, sink_name
+                    );
                     pipelines.push(PipelineSpec {
                         source: route.from.clone(),
                         stream: source.stream.clone(),
                         sink: sink_name.clone(),
-                        durable_name: format!(
-                            "{}-{}-{}",
-                            sink.consumer.durable_prefix, route.from, sink_name
-                        ),
+                        durable_name: consumer.clone(),
+                        consumer,
                         partition: Partitioning { index: 0, count: 1 },
                         filter_subjects: Vec::new(),
                         routes: Vec::new(),
@@ -651,7 +653,7 @@ fn derive_pipelines(
             (0..count).map(move |index| match count {
                 1 => pipeline.clone(),
                 _ => PipelineSpec {
-                    durable_name: format!("{}-p{index}", pipeline.durable_name),
+                    durable_name: format!("{}-p{index}", pipeline.consumer),
                     partition: Partitioning { index, count },
                     ..pipeline.clone()
                 },

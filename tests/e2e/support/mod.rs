@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+pub mod accounting;
 pub mod certs;
 pub mod cluster;
 pub mod credentials;
