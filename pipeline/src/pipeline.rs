@@ -257,7 +257,7 @@ impl<S: Sink> Pipeline<S> {
                         self.after_reconnect(&consumer, &mut active, &mut recovery).await;
                         if active.is_none() {
                             recovery = self.recovery(&consumer).await;
-                            active = Some(Active { pin_id: None, connects: self.connects() });
+                            active = Some(Active { pin_id: None, connects: self.connects(), consumer_seq: None });
                             self.mark_active(true);
                             self.restore_parked(&mut lanes).await;
                             tracing::info!(
@@ -276,6 +276,7 @@ impl<S: Sink> Pipeline<S> {
                             if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
                                 active.note_pin(pin);
                             }
+                            self.after_gap(&consumer, &message, &mut active, &mut recovery).await;
                             self.receive(&stream_name, message, &held, &mut recovery, &mut lanes).await;
                             admitted += 1;
                             if admitted == ADMIT_BATCH || !self.may_read(&held, recovery.is_some()) {
@@ -451,6 +452,36 @@ impl<S: Sink> Pipeline<S> {
                 consumer = %self.spec.durable_name,
                 waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
                 "Reconnected to NATS; holding new events until what was in transit has come back"
+            );
+        }
+    }
+
+    /// A gap in the consumer sequence while active: deliveries the server
+    /// sent this replica were lost in transit (a NATS node, or the
+    /// consumer's leader, went down between the two without this client's
+    /// connection dropping). The server redelivers them only after
+    /// `ack_wait` while later events arrive now, so new events wait as
+    /// after a reconnect.
+    async fn after_gap(
+        &self,
+        consumer: &PullConsumer,
+        message: &async_nats::jetstream::Message,
+        active: &mut Option<Active>,
+        recovery: &mut Option<Recovery>,
+    ) {
+        let (Some(active), Ok(info)) = (active.as_mut(), message.info()) else {
+            return;
+        };
+        let Some(lost) = active.note_consumer_seq(info.consumer_sequence) else {
+            return;
+        };
+        if recovery.is_none() {
+            *recovery = self.recovery(consumer).await;
+            tracing::warn!(
+                consumer = %self.spec.durable_name,
+                lost,
+                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                "Deliveries lost in transit; holding new events until they have come back"
             );
         }
     }
@@ -784,9 +815,23 @@ struct Active {
     pin_id: Option<String>,
     /// The client's connection count when last seen: a change is a reconnect.
     connects: u64,
+    /// The highest consumer sequence received: every delivery of the
+    /// consumer comes to the pinned client, one sequence after another.
+    consumer_seq: Option<u64>,
 }
 
 impl Active {
+    /// Notes a delivery's consumer sequence; how many deliveries before it
+    /// never arrived, when some did not.
+    fn note_consumer_seq(&mut self, seq: u64) -> Option<u64> {
+        let lost = self
+            .consumer_seq
+            .and_then(|last| seq.checked_sub(last + 1))
+            .filter(|&lost| lost > 0);
+        self.consumer_seq = Some(self.consumer_seq.map_or(seq, |last| last.max(seq)));
+        lost
+    }
+
     fn note_pin(&mut self, pin: &str) {
         if self.pin_id.as_deref() != Some(pin) {
             self.pin_id = Some(pin.to_owned());
@@ -848,5 +893,31 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_jump_in_the_consumer_sequence_counts_the_deliveries_lost() {
+        let mut active = Active {
+            pin_id: None,
+            connects: 1,
+            consumer_seq: None,
+        };
+        assert_eq!(active.note_consumer_seq(7), None, "the first sets the mark");
+        assert_eq!(active.note_consumer_seq(8), None);
+        assert_eq!(
+            active.note_consumer_seq(12),
+            Some(3),
+            "9, 10 and 11 never came"
+        );
+        assert_eq!(active.note_consumer_seq(13), None);
+        // An older sequence (a stale pull's delivery) neither lowers the
+        // mark nor counts as a loss.
+        assert_eq!(active.note_consumer_seq(10), None);
+        assert_eq!(active.note_consumer_seq(14), None);
     }
 }
