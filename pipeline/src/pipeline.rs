@@ -273,11 +273,16 @@ impl<S: Sink> Pipeline<S> {
                         let mut next = Some(message);
                         let mut admitted = 0;
                         while let Some(message) = next.take() {
-                            if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&message)) {
-                                active.note_pin(pin);
+                            match Delivery::from_message(&stream_name, message, &held) {
+                                Ok(delivery) => {
+                                    if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&delivery)) {
+                                        active.note_pin(pin);
+                                    }
+                                    self.after_gap(&consumer, delivery.consumer_seq, &mut active, &mut recovery).await;
+                                    self.receive(delivery, &mut recovery, &mut lanes).await;
+                                }
+                                Err(error) => tracing::warn!(error = %error, "Message ignored"),
                             }
-                            self.after_gap(&consumer, &message, &mut active, &mut recovery).await;
-                            self.receive(&stream_name, message, &held, &mut recovery, &mut lanes).await;
                             admitted += 1;
                             if admitted == ADMIT_BATCH || !self.may_read(&held, recovery.is_some()) {
                                 break;
@@ -446,14 +451,28 @@ impl<S: Sink> Pipeline<S> {
         };
         active.connects = connects;
         active.pin_id = None;
-        if recovery.is_none() {
-            *recovery = self.recovery(consumer).await;
+        if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
             tracing::warn!(
                 consumer = %self.spec.durable_name,
-                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                waiting_for,
                 "Reconnected to NATS; holding new events until what was in transit has come back"
             );
         }
+    }
+
+    /// Starts holding new events until what is pending now has come back,
+    /// unless a recovery is under way already; how many deliveries it
+    /// waits for, when it started one.
+    async fn hold_new_events(
+        &self,
+        consumer: &PullConsumer,
+        recovery: &mut Option<Recovery>,
+    ) -> Option<usize> {
+        if recovery.is_some() {
+            return None;
+        }
+        *recovery = self.recovery(consumer).await;
+        Some(recovery.as_ref().map_or(0, |r| r.orphans))
     }
 
     /// A gap in the consumer sequence while active: deliveries the server
@@ -465,22 +484,21 @@ impl<S: Sink> Pipeline<S> {
     async fn after_gap(
         &self,
         consumer: &PullConsumer,
-        message: &async_nats::jetstream::Message,
+        consumer_seq: u64,
         active: &mut Option<Active>,
         recovery: &mut Option<Recovery>,
     ) {
-        let (Some(active), Ok(info)) = (active.as_mut(), message.info()) else {
+        let Some(lost) = active
+            .as_mut()
+            .and_then(|active| active.note_consumer_seq(consumer_seq))
+        else {
             return;
         };
-        let Some(lost) = active.note_consumer_seq(info.consumer_sequence) else {
-            return;
-        };
-        if recovery.is_none() {
-            *recovery = self.recovery(consumer).await;
+        if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
             tracing::warn!(
                 consumer = %self.spec.durable_name,
                 lost,
-                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+                waiting_for,
                 "Deliveries lost in transit; holding new events until they have come back"
             );
         }
@@ -523,29 +541,23 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    /// Turns a message into a delivery and admits it, or holds it while
-    /// recovery waits for what a previous run left unacked.
+    /// Admits a delivery, or holds it while recovery waits for what a
+    /// previous run left unacked.
     async fn receive(
         &self,
-        stream_name: &Arc<str>,
-        message: async_nats::jetstream::Message,
-        held: &HeldBytes,
+        delivery: Delivery,
         recovery: &mut Option<Recovery>,
         lanes: &mut Lanes<Work>,
     ) {
-        match (
-            Delivery::from_message(stream_name, message, held),
-            recovery.as_mut(),
-        ) {
-            (Ok(delivery), Some(held)) => {
+        match recovery.as_mut() {
+            Some(held) => {
                 if held.hold(delivery)
                     && let Some(done) = recovery.take()
                 {
                     self.admit_held(done, lanes).await;
                 }
             }
-            (Ok(delivery), None) => self.admit(delivery, lanes).await,
-            (Err(error), _) => tracing::warn!(error = %error, "Message ignored"),
+            None => self.admit(delivery, lanes).await,
         }
     }
 
@@ -839,9 +851,9 @@ impl Active {
     }
 }
 
-/// The `Nats-Pin-Id` the server stamped on a message.
-fn pin_of(message: &async_nats::jetstream::Message) -> Option<&str> {
-    message
+/// The `Nats-Pin-Id` the server stamped on a delivery.
+fn pin_of(delivery: &Delivery) -> Option<&str> {
+    delivery
         .headers
         .as_ref()?
         .get_last(async_nats::header::NATS_PIN_ID)

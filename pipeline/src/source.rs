@@ -46,6 +46,9 @@ pub struct Delivery {
     pub headers: Option<HeaderMap>,
     pub body: Bytes,
     pub stream_seq: u64,
+    /// The consumer's sequence of this delivery: one more for each
+    /// delivery the server makes, redeliveries included.
+    pub consumer_seq: u64,
     /// The delivery count kept by the server: the attempt number, which
     /// survives a restart of Jetline.
     pub attempt: u32,
@@ -111,8 +114,9 @@ impl Delivery {
         let info = message
             .info()
             .map_err(|err| SourceError::Metadata(err.to_string()))?;
-        let (stream_seq, attempt, published) = (
+        let (stream_seq, consumer_seq, attempt, published) = (
             info.stream_sequence,
+            info.consumer_sequence,
             u32::try_from(info.delivered.max(1)).unwrap_or(u32::MAX),
             info.published,
         );
@@ -125,6 +129,7 @@ impl Delivery {
             headers: message.headers,
             body: message.payload,
             stream_seq,
+            consumer_seq,
             attempt,
             published,
         })
