@@ -397,26 +397,47 @@ impl Decoder {
 }
 
 /// Whether every `schema_version` varint in a (decodable) envelope fits in
-/// a `uint32`: a scan of the top-level fields, nested ones skipped.
-fn schema_version_fits(mut body: &[u8]) -> bool {
+/// a `uint32`.
+fn schema_version_fits(body: &[u8]) -> bool {
+    use prost::encoding::{WireType, decode_varint};
+    let tag = ENVELOPE_TAGS.schema_version;
+    top_level_fields(body).all(|field| match field {
+        Ok((number, WireType::Varint, mut value)) if number == tag => {
+            decode_varint(&mut value).is_ok_and(|version| version <= u64::from(u32::MAX))
+        }
+        _ => true,
+    })
+}
+
+/// The top-level fields of a binary envelope in order, nested ones
+/// unread: each field's number, wire type and bytes (a varint's own, a
+/// length-delimited field's content); an `Err` where the bytes stop
+/// parsing, and nothing after it.
+fn top_level_fields(
+    mut rest: &[u8],
+) -> impl Iterator<Item = Result<(u32, prost::encoding::WireType, &[u8]), ()>> {
     use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
-    const SCHEMA_VERSION: u32 = 3;
-    while !body.is_empty() {
-        let Ok((tag, wire_type)) = decode_key(&mut body) else {
-            return true;
-        };
-        if tag == SCHEMA_VERSION && wire_type == WireType::Varint {
-            match decode_varint(&mut body) {
-                Ok(value) if value > u64::from(u32::MAX) => return false,
-                Ok(_) => continue,
-                Err(_) => return true,
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || rest.is_empty() {
+            return None;
+        }
+        let mut next = || {
+            let (number, wire_type) = decode_key(&mut rest).ok()?;
+            if wire_type == WireType::LengthDelimited {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                let value = rest.get(..len)?;
+                rest = &rest[len..];
+                return Some((number, wire_type, value));
             }
-        }
-        if skip_field(wire_type, tag, &mut body, DecodeContext::default()).is_err() {
-            return true;
-        }
-    }
-    true
+            let start = rest;
+            skip_field(wire_type, number, &mut rest, DecodeContext::default()).ok()?;
+            Some((number, wire_type, &start[..start.len() - rest.len()]))
+        };
+        let field = next();
+        failed = field.is_none();
+        Some(field.ok_or(()))
+    })
 }
 
 /// The timestamps the proto3 JSON mapping can write: RFC 3339 years 1 to
@@ -497,21 +518,15 @@ pub fn aggregate_id<'a>(content_type: Option<&str>, body: &'a [u8]) -> Option<Co
     }
 }
 
-/// A scan of the top-level fields for the last `aggregate_id` (the one
-/// decoding keeps); `None` when the envelope does not parse that far.
-fn binary_aggregate_id(mut body: &[u8]) -> Option<&str> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
+/// The last top-level `aggregate_id` (the one decoding keeps); `None`
+/// when the envelope does not parse that far.
+fn binary_aggregate_id(body: &[u8]) -> Option<&str> {
     let tag = ENVELOPE_TAGS.aggregate_id;
     let mut found = "";
-    while !body.is_empty() {
-        let (field, wire_type) = decode_key(&mut body).ok()?;
-        if field == tag && wire_type == WireType::LengthDelimited {
-            let len = usize::try_from(decode_varint(&mut body).ok()?).ok()?;
-            let value = body.get(..len)?;
+    for field in top_level_fields(body) {
+        let (number, wire_type, value) = field.ok()?;
+        if number == tag && wire_type == prost::encoding::WireType::LengthDelimited {
             found = std::str::from_utf8(value).ok()?;
-            body = &body[len..];
-        } else {
-            skip_field(wire_type, field, &mut body, DecodeContext::default()).ok()?;
         }
     }
     Some(found)
@@ -556,6 +571,7 @@ impl Envelope {
     pub fn encode_protobuf(&self) -> Vec<u8> {
         use prost::encoding::{self, encode_key, encode_varint, encoded_len_varint, key_len};
         let tags = &*ENVELOPE_TAGS;
+        // In field-number order.
         let strings = [
             (tags.event_id, &self.event_id),
             (tags.event_type, &self.event_type),
@@ -587,22 +603,20 @@ impl Envelope {
             &self.metadata,
         );
         let mut buf = Vec::with_capacity(len);
-        let string = |buf: &mut Vec<u8>, tag: u32, value: &String| {
-            if !value.is_empty() {
-                encoding::string::encode(tag, value, buf);
+        let put_strings = |buf: &mut Vec<u8>, fields: &[(u32, &String)]| {
+            for (tag, value) in fields.iter().filter(|(_, value)| !value.is_empty()) {
+                encoding::string::encode(*tag, value, buf);
             }
         };
-        string(&mut buf, tags.event_id, &self.event_id);
-        string(&mut buf, tags.event_type, &self.event_type);
+        // In field-number order, as prost writes them: the strings come
+        // around `schema_version` (3) and `occurred_at` (6).
+        put_strings(&mut buf, &strings[..2]);
         if self.schema_version != 0 {
             encoding::uint32::encode(tags.schema_version, &self.schema_version, &mut buf);
         }
-        string(&mut buf, tags.aggregate_type, &self.aggregate_type);
-        string(&mut buf, tags.aggregate_id, &self.aggregate_id);
+        put_strings(&mut buf, &strings[2..4]);
         encoding::message::encode(tags.occurred_at, &self.occurred_at, &mut buf);
-        string(&mut buf, tags.correlation_id, &self.correlation_id);
-        string(&mut buf, tags.causation_id, &self.causation_id);
-        string(&mut buf, tags.source, &self.source);
+        put_strings(&mut buf, &strings[4..]);
         if payload_len != 0 {
             encode_key(tags.payload, encoding::WireType::LengthDelimited, &mut buf);
             encode_varint(payload_len as u64, &mut buf);
