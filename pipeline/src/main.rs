@@ -30,6 +30,7 @@ fn main() -> ExitCode {
         Command::Publish { config, args } => publish(&config.config, args),
         Command::Status(args) => status(&args.config),
         Command::Upcast(args) => upcast(&args),
+        Command::Project(args) => project(&args),
         Command::Ready(args) => ready(&args.config),
         Command::Replay { config, args } => replay(&config.config, args),
         Command::Schema { command } => schema(command),
@@ -94,12 +95,18 @@ fn check(path: &std::path::Path) -> Result<(), Failure> {
     Ok(())
 }
 
-fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
-    use std::io::Read as _;
-    let prepared = jetline::prepare(load(&args.config.config)?)?;
+/// The configuration at `path`, prepared, for a command that runs no
+/// pipeline: the chains' warnings go to stderr.
+fn prepare_offline(path: &std::path::Path) -> Result<jetline::Prepared, Failure> {
+    let prepared = jetline::prepare(load(path)?)?;
     for warning in prepared.upcasters.warnings() {
         eprintln!("warning: {warning}");
     }
+    Ok(prepared)
+}
+
+fn read_stdin() -> Result<Vec<u8>, Failure> {
+    use std::io::Read as _;
     let mut input = Vec::new();
     std::io::stdin()
         .read_to_end(&mut input)
@@ -107,6 +114,12 @@ fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
             code: 1,
             message: format!("cannot read standard input: {err}"),
         })?;
+    Ok(input)
+}
+
+fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
+    let prepared = prepare_offline(&args.config.config)?;
+    let input = read_stdin()?;
     let output = cli::upcast::upcast_json(&prepared, args, &input).map_err(|err| Failure {
         code: 1,
         message: err.to_string(),
@@ -115,6 +128,35 @@ fn upcast(args: &cli::upcast::UpcastArgs) -> Result<(), Failure> {
         "{}\n",
         serde_json::to_string_pretty(&output).unwrap_or_default()
     ));
+    Ok(())
+}
+
+/// Exits 1 at the first line `run` would dead-letter, 2 when the command
+/// cannot run as asked (an unknown sink, a `--state` that is not documents).
+fn project(args: &cli::project::ProjectArgs) -> Result<(), Failure> {
+    let prepared = prepare_offline(&args.config.config)?;
+    let state = match &args.state {
+        Some(path) => Some(std::fs::read(path).map_err(|err| Failure {
+            code: 2,
+            message: format!("cannot read --state {}: {err}", path.display()),
+        })?),
+        None => None,
+    };
+    let input = read_stdin()?;
+    let projection =
+        cli::project::project(&prepared, args, state.as_deref(), &input).map_err(|err| {
+            Failure {
+                code: u8::try_from(err.exit_code()).unwrap_or(1),
+                message: err.to_string(),
+            }
+        })?;
+    emit(&match args.format {
+        cli::project::ProjectFormat::Text => projection.text(),
+        cli::project::ProjectFormat::Json => format!(
+            "{}\n",
+            serde_json::to_string_pretty(&projection.json()).unwrap_or_default()
+        ),
+    });
     Ok(())
 }
 

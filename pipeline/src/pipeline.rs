@@ -637,11 +637,10 @@ impl<S: Sink> Pipeline<S> {
                 let _ = lanes.admit(key.as_deref(), seq, work);
             }
             Err(error) => {
-                let wanted = match error.event_type() {
-                    Some(event_type) => self.router.wants(&delivery.subject, event_type),
-                    None => self.router.wants_subject(&delivery.subject),
-                };
-                if !wanted {
+                if !self
+                    .router
+                    .wants_undecoded(&delivery.subject, error.event_type())
+                {
                     let event_type = error.event_type().unwrap_or_default();
                     self.skip(&delivery, event_type).await;
                     return;

@@ -50,6 +50,15 @@ impl Router {
             route.subjects.is_empty() || route.subjects.iter().any(|p| subject_matches(p, subject))
         })
     }
+
+    /// Whether an event that failed to decode is this sink's to
+    /// dead-letter: by its type where that could be read, else by subject.
+    pub fn wants_undecoded(&self, subject: &str, event_type: Option<&str>) -> bool {
+        match event_type {
+            Some(event_type) => self.wants(subject, event_type),
+            None => self.wants_subject(subject),
+        }
+    }
 }
 
 /// Every event type a route names must have a schema (sink pins are checked
@@ -106,5 +115,9 @@ mod tests {
         assert!(router.wants_subject("x"));
         let narrow = Router::new(&routes[..1]);
         assert!(!narrow.wants_subject("x"));
+        // An event that did not decode: by its type when it was read.
+        assert!(narrow.wants_undecoded("orders.created.1", None));
+        assert!(!narrow.wants_undecoded("orders.created.1", Some("orders.OrderShipped")));
+        assert!(!narrow.wants_undecoded("x", None));
     }
 }

@@ -135,6 +135,29 @@ impl Delivery {
         })
     }
 
+    /// A delivery no server made (`jetline project` feeds the sinks' own
+    /// functions with it): it has nothing to ack and no consumer counts it.
+    pub fn detached(
+        stream: &str,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+        stream_seq: u64,
+    ) -> Self {
+        Self {
+            _held: HeldBytes::default().hold(0),
+            reply: None,
+            stream: Arc::from(stream),
+            subject: subject.into(),
+            headers: Some(headers),
+            body,
+            stream_seq,
+            consumer_seq: stream_seq,
+            attempt: 1,
+            published: OffsetDateTime::now_utc(),
+        }
+    }
+
     /// The `Content-Type` header, when present.
     pub fn content_type(&self) -> Option<&str> {
         self.headers

@@ -15,6 +15,7 @@ mod observability;
 mod packaging;
 mod partitions;
 mod postgres;
+mod project;
 mod projections;
 mod publish;
 mod replay;

@@ -3,11 +3,7 @@
 //! event whose upcast fails is dead-lettered as `upcast_failed` without
 //! holding up the others. Also `jetline upcast` and `jetline check` on chains.
 
-use std::{
-    io::Write as _,
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{io::Write as _, time::Duration};
 
 use jetline::dead_letter::header as dlq;
 use serde_json::{Value, json};
@@ -21,16 +17,6 @@ fn example_upcasters() -> String {
     let config =
         jetline::config::load(&root().join("config/jetline.yaml")).expect("example config loads");
     serde_json::to_string(&config.upcasters).expect("json")
-}
-
-fn created(event_id: &str, aggregate_id: &str, version: u32, payload: Value) -> Value {
-    envelope_json(
-        event_id,
-        "orders.OrderCreated",
-        version,
-        aggregate_id,
-        payload,
-    )
 }
 
 fn items() -> Value {
@@ -69,7 +55,7 @@ async fn every_version_and_encoding_reaches_the_sink_at_its_target_version() {
             ("bin", Outgoing::binary as fn(&str, &Value) -> Outgoing),
             ("json", Outgoing::json),
         ] {
-            let document = created(
+            let document = order_created(
                 &format!("v{version}-{encoding}"),
                 &format!("o-{version}-{encoding}"),
                 version,
@@ -84,11 +70,11 @@ async fn every_version_and_encoding_reaches_the_sink_at_its_target_version() {
     unconvertible["total"] = json!(1e300);
     batch.push(Outgoing::binary(
         "upc.bad",
-        &created("bad", "o-bad", 1, unconvertible),
+        &order_created("bad", "o-bad", 1, unconvertible),
     ));
     batch.push(Outgoing::json(
         "upc.created",
-        &created("after-bad", "o-bad", 1, order_at(1)),
+        &order_created("after-bad", "o-bad", 1, order_at(1)),
     ));
     batch.push(Outgoing::json(
         "upc.shipped",
@@ -155,7 +141,7 @@ upcasters: {}
     assert_eq!(newest.len() as u64 + newest_dead.len() as u64, published);
     assert_eq!(newest_dead.len(), 1);
     assert_eq!(header(newest_dead[0], dlq::SOURCE_SUBJECT), "upc.bad");
-    let expected_v3 = decode_json(&created("x", "x", 3, order_at(3))).payload;
+    let expected_v3 = decode_json(&order_created("x", "x", 3, order_at(3))).payload;
     let mut created_seen = Vec::new();
     for message in &newest {
         let envelope = DECODER
@@ -225,7 +211,7 @@ upcasters: {}
         .collect();
     dead_events.sort();
     assert_eq!(dead_events, ["v3-bin", "v3-json"]);
-    let expected_v2 = decode_json(&created("x", "x", 2, order_at(2))).payload;
+    let expected_v2 = decode_json(&order_created("x", "x", 2, order_at(2))).payload;
     for message in &pinned {
         let envelope = DECODER
             .decode(None, &message.payload)
@@ -238,28 +224,6 @@ upcasters: {}
             assert_eq!(envelope.payload, expected_v2, "{}", envelope.event_id);
         }
     }
-}
-
-fn jetline(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(jetline_bin())
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("jetline starts");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(stdin.as_bytes())
-        .expect("input written");
-    let output = child.wait_with_output().expect("jetline exits");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[test]
@@ -278,24 +242,24 @@ fn jetline_upcast_prints_a_payload_or_an_envelope_at_the_newest_version() {
         ]
     };
     let payload = order_at(1).to_string();
-    let (code, stdout, stderr) = jetline(&payload_at("1"), &payload);
+    let (code, stdout, stderr) = jetline_cli(&payload_at("1"), &payload);
     assert_eq!(code, 0, "{stderr}");
     let printed: Value = serde_json::from_str(&stdout).expect("JSON out");
     assert_eq!(
         printed,
-        serde_json::to_value(decode_json(&created("x", "x", 3, order_at(3))).payload)
+        serde_json::to_value(decode_json(&order_created("x", "x", 3, order_at(3))).payload)
             .expect("json")
     );
 
-    let envelope = created("e-1", "o-1", 2, order_at(2)).to_string();
-    let (code, stdout, stderr) = jetline(&["upcast", "--config", config], &envelope);
+    let envelope = order_created("e-1", "o-1", 2, order_at(2)).to_string();
+    let (code, stdout, stderr) = jetline_cli(&["upcast", "--config", config], &envelope);
     assert_eq!(code, 0, "{stderr}");
     let printed: Value = serde_json::from_str(&stdout).expect("JSON out");
     assert_eq!(printed["schemaVersion"], 3);
     assert_eq!(printed["eventId"], "e-1");
     assert_eq!(printed["payload"]["totalAmountCents"], "1235");
 
-    let (code, stdout, stderr) = jetline(
+    let (code, stdout, stderr) = jetline_cli(
         &["upcast", "--config", config, "--to-version", "2"],
         &envelope,
     );
@@ -312,7 +276,7 @@ fn jetline_upcast_prints_a_payload_or_an_envelope_at_the_newest_version() {
         (vec!["upcast", "--config", config], "not json".to_owned()),
     ];
     for (args, input) in failures {
-        let (code, stdout, stderr) = jetline(&args, &input);
+        let (code, stdout, stderr) = jetline_cli(&args, &input);
         assert_eq!(code, 1, "{args:?}: {stdout}");
         assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
     }
@@ -340,7 +304,7 @@ upcasters: {upcasters}
         let mut file = tempfile::NamedTempFile::new().expect("config file");
         file.write_all(yaml.as_bytes()).expect("written");
         let path = file.path().to_str().expect("utf-8 path").to_owned();
-        jetline(&["check", "--config", &path], "")
+        jetline_cli(&["check", "--config", &path], "")
     };
     let example = example_upcasters();
     let (code, stdout, stderr) = check(&body(&example));

@@ -221,7 +221,9 @@ fn refuse_unknown_sink(
     }
 }
 
-fn no_such_sink(config: &Config, flag: &str, sink: &str, detail: &str) -> RunError {
+/// `flag` names a sink the configuration does not have: the error lists
+/// the sinks it has (also for `jetline project --sink`).
+pub(crate) fn no_such_sink(config: &Config, flag: &str, sink: &str, detail: &str) -> RunError {
     RunError::Usage(format!(
         "{flag} {}: no such sink in this configuration{detail} (sinks: {})",
         cell(sink, MAX_CELL),

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod dlq;
+pub mod project;
 pub mod publish;
 pub mod ready;
 pub mod replay;
@@ -58,6 +59,9 @@ pub enum Command {
     Status(ConfigArg),
     /// Upcast one JSON event (envelope or payload) from standard input and print it.
     Upcast(upcast::UpcastArgs),
+    /// Apply one sink's rules to JSON envelopes from standard input (one per
+    /// line) without any server, and print what it would write.
+    Project(project::ProjectArgs),
     /// Exit 0 when the Jetline running with this configuration answers /readyz
     /// with 200 (a container's health check), 1 with the reason otherwise.
     Ready(ConfigArg),

@@ -5,6 +5,7 @@
 //! Many events are in flight at once (one per lane): publishes pipeline on the
 //! connection, each lane awaiting only its own ack. An event that was not
 //! upcast goes out as the source's own bytes when the encodings agree.
+//! [`Publication`] decides what goes out, without IO.
 
 use async_nats::{
     HeaderMap, HeaderName,
@@ -34,18 +35,17 @@ pub mod header {
     pub const SOURCE_SEQ: &str = "Jetline-Source-Seq";
 }
 
-pub struct JetStreamSink {
-    jetstream: jetstream::Context,
+/// What the sink publishes for an event (subject, headers, body), decided
+/// without a connection: the sink and `jetline project` share it.
+#[derive(Debug, Clone)]
+pub struct Publication {
     subject: Template,
     encoding: Encoding,
     header_set: HeaderSet,
 }
 
-impl JetStreamSink {
-    pub fn new(
-        jetstream: jetstream::Context,
-        config: &JetStreamSinkConfig,
-    ) -> Result<Self, SinkError> {
+impl Publication {
+    pub fn new(config: &JetStreamSinkConfig) -> Result<Self, SinkError> {
         let subject =
             Template::parse_subject(&config.subject).map_err(|source| SinkError::Render {
                 what: "subject",
@@ -56,14 +56,35 @@ impl JetStreamSink {
             Format::Json => Encoding::Json,
         };
         Ok(Self {
-            jetstream,
             subject,
             encoding,
             header_set: config.headers,
         })
     }
 
-    fn headers(&self, event: &Event) -> HeaderMap {
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    pub fn subject(&self, event: &Event) -> Result<String, SinkError> {
+        self.subject
+            .render_subject(&event.envelope, &event.delivery.subject)
+            .map_err(|source| SinkError::Render {
+                what: "subject",
+                source,
+            })
+    }
+
+    /// The envelope in the sink's encoding: the source's own bytes when
+    /// they are that already.
+    pub fn body(&self, event: &Event) -> Result<bytes::Bytes, SinkError> {
+        Ok(match event.original_body(self.encoding) {
+            Some(original) => original.clone(),
+            None => event.envelope.encode(self.encoding)?.into(),
+        })
+    }
+
+    pub fn headers(&self, event: &Event) -> HeaderMap {
         // Names made from static text: no allocation per event.
         let name = HeaderName::from_static;
         let envelope = &event.envelope;
@@ -104,23 +125,31 @@ impl JetStreamSink {
     }
 }
 
+pub struct JetStreamSink {
+    jetstream: jetstream::Context,
+    publication: Publication,
+}
+
+impl JetStreamSink {
+    pub fn new(
+        jetstream: jetstream::Context,
+        config: &JetStreamSinkConfig,
+    ) -> Result<Self, SinkError> {
+        Ok(Self {
+            jetstream,
+            publication: Publication::new(config)?,
+        })
+    }
+}
+
 impl Sink for JetStreamSink {
     fn passes_through(&self, encoding: Encoding) -> bool {
-        encoding == self.encoding
+        encoding == self.publication.encoding
     }
 
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
-        let subject = self
-            .subject
-            .render_subject(&event.envelope, &event.delivery.subject)
-            .map_err(|source| SinkError::Render {
-                what: "subject",
-                source,
-            })?;
-        let body = match event.original_body(self.encoding) {
-            Some(original) => original.clone(),
-            None => event.envelope.encode(self.encoding)?.into(),
-        };
+        let subject = self.publication.subject(event)?;
+        let body = self.publication.body(event)?;
         let publish_error = |kind: PublishErrorKind, message: String| match kind {
             PublishErrorKind::StreamNotFound => SinkError::NoStream {
                 subject: subject.clone(),
@@ -141,7 +170,7 @@ impl Sink for JetStreamSink {
         };
         let ack = self
             .jetstream
-            .publish_with_headers(subject.clone(), self.headers(event), body)
+            .publish_with_headers(subject.clone(), self.publication.headers(event), body)
             .await
             .map_err(|err| publish_error(err.kind(), err.to_string()))?;
         ack.await

@@ -45,6 +45,17 @@ pub fn envelope_json(
     })
 }
 
+/// `orders.OrderCreated` at `version` with `payload` (in that version's words).
+pub fn order_created(event_id: &str, aggregate_id: &str, version: u32, payload: Value) -> Value {
+    envelope_json(
+        event_id,
+        "orders.OrderCreated",
+        version,
+        aggregate_id,
+        payload,
+    )
+}
+
 /// `orders.OrderCreated` at v3 for `aggregate_id`, numbered by `n`.
 pub fn created_v3(event_id: &str, aggregate_id: &str, n: i64) -> Value {
     envelope_json(

@@ -52,6 +52,41 @@ pub fn jetline_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jetline"))
 }
 
+/// Runs the built binary with `args` and `stdin` on its standard input:
+/// its exit code, standard output and standard error.
+pub fn jetline_cli(args: &[&str], stdin: &str) -> (i32, String, String) {
+    jetline_cli_with_env(args, &[], stdin)
+}
+
+/// As [`jetline_cli`], with the variables `env` set.
+pub fn jetline_cli_with_env(
+    args: &[&str],
+    env: &[(&str, &str)],
+    stdin: &str,
+) -> (i32, String, String) {
+    use std::{io::Write as _, process::Stdio};
+    let mut child = std::process::Command::new(jetline_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("jetline starts");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("input written");
+    let output = child.wait_with_output().expect("jetline exits");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, check: F) -> T
 where

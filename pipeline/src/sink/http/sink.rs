@@ -24,6 +24,9 @@ use crate::sink::{
 
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
+/// Every event is sent with this method.
+pub const METHOD: reqwest::Method = reqwest::Method::POST;
+
 /// Longest part of an error answer kept for the dead letter.
 const MAX_BODY_SNIPPET: usize = 512;
 
@@ -48,28 +51,7 @@ impl HttpSink {
                 })?,
             (None, None) => return Err(setup("no url".into())),
         };
-        let mut headers = HeaderMap::new();
-        for (name_text, value) in &config.headers {
-            let header_name = HeaderName::from_bytes(name_text.as_bytes())
-                .map_err(|err| setup(format!("header {name_text}: {err}")))?;
-            let value = HeaderValue::from_str(value)
-                .map_err(|err| setup(format!("header {name_text}: {err}")))?;
-            headers.insert(header_name, value);
-        }
-        for (name_text, variable) in &config.headers_env {
-            let environment_error = || SinkError::Environment {
-                variable: variable.clone(),
-                key: format!("sinks.{name}.headers_env.{name_text}"),
-            };
-            let header_name = HeaderName::from_bytes(name_text.as_bytes())
-                .map_err(|err| setup(format!("header {name_text}: {err}")))?;
-            let mut value = std::env::var(variable)
-                .ok()
-                .and_then(|text| HeaderValue::from_str(&text).ok())
-                .ok_or_else(environment_error)?;
-            value.set_sensitive(true);
-            headers.insert(header_name, value);
-        }
+        let headers = configured_headers(name, config, |variable| std::env::var(variable).ok())?;
         let client = reqwest::Client::builder()
             .timeout(config.timeout)
             // A redirected POST turns into a GET: treat it as an answer.
@@ -83,58 +65,92 @@ impl HttpSink {
             headers,
         })
     }
+}
 
-    fn request_headers(&self, event: &Event) -> Result<HeaderMap, SinkError> {
-        let envelope = &event.envelope;
-        let mut headers = self.headers.clone();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let key =
-            HeaderValue::from_bytes(envelope.event_id.as_bytes()).map_err(|_| ValueError {
-                path: "event_id".into(),
-                problem: "cannot be sent as an HTTP header".into(),
-            })?;
-        headers.insert(IDEMPOTENCY_KEY, key);
-        let seq = event.delivery.stream_seq.to_string();
-        let version = envelope.schema_version.to_string();
-        let optional = [
-            (header::EVENT_TYPE, envelope.event_type.as_str()),
-            (header::SCHEMA_VERSION, version.as_str()),
-            (header::AGGREGATE_TYPE, envelope.aggregate_type.as_str()),
-            (header::AGGREGATE_ID, envelope.aggregate_id.as_str()),
-            (header::CORRELATION_ID, envelope.correlation_id.as_str()),
-            (header::CAUSATION_ID, envelope.causation_id.as_str()),
-            (header::SOURCE_STREAM, event.delivery.stream.as_ref()),
-            (header::SOURCE_SEQ, seq.as_str()),
-        ];
-        let carried = CARRIED_HEADERS.iter().filter_map(|name| {
-            let value = event.delivery.headers.as_ref()?.get(*name)?;
-            Some((*name, value.as_str()))
-        });
-        // A value that cannot be a header (a control character) is left out
-        // rather than failing the event.
-        for (name, value) in optional.into_iter().chain(carried) {
-            if value.is_empty() {
-                continue;
-            }
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_bytes(value.as_bytes()),
-            ) {
-                headers.insert(name, value);
-            }
-        }
-        Ok(headers)
+/// The headers sink `name` sends with every request: `headers`, and each of
+/// `headers_env` with the value `variable` gives for its variable, marked
+/// sensitive (a credential).
+pub fn configured_headers(
+    name: &str,
+    config: &HttpSinkConfig,
+    variable: impl Fn(&str) -> Option<String>,
+) -> Result<HeaderMap, SinkError> {
+    let setup = |message: String| SinkError::Setup(format!("sinks.{name}: {message}"));
+    let mut headers = HeaderMap::new();
+    for (name_text, value) in &config.headers {
+        let header_name = HeaderName::from_bytes(name_text.as_bytes())
+            .map_err(|err| setup(format!("header {name_text}: {err}")))?;
+        let value = HeaderValue::from_str(value)
+            .map_err(|err| setup(format!("header {name_text}: {err}")))?;
+        headers.insert(header_name, value);
     }
+    for (name_text, variable_name) in &config.headers_env {
+        let environment_error = || SinkError::Environment {
+            variable: variable_name.clone(),
+            key: format!("sinks.{name}.headers_env.{name_text}"),
+        };
+        let header_name = HeaderName::from_bytes(name_text.as_bytes())
+            .map_err(|err| setup(format!("header {name_text}: {err}")))?;
+        let mut value = variable(variable_name)
+            .and_then(|text| HeaderValue::from_str(&text).ok())
+            .ok_or_else(environment_error)?;
+        value.set_sensitive(true);
+        headers.insert(header_name, value);
+    }
+    Ok(headers)
+}
+
+/// An event's request headers: `configured` (see [`configured_headers`]),
+/// then `Content-Type`, the idempotency key and the correlation headers.
+pub fn request_headers(configured: &HeaderMap, event: &Event) -> Result<HeaderMap, SinkError> {
+    let envelope = &event.envelope;
+    let mut headers = configured.clone();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let key = HeaderValue::from_bytes(envelope.event_id.as_bytes()).map_err(|_| ValueError {
+        path: "event_id".into(),
+        problem: "cannot be sent as an HTTP header".into(),
+    })?;
+    headers.insert(IDEMPOTENCY_KEY, key);
+    let seq = event.delivery.stream_seq.to_string();
+    let version = envelope.schema_version.to_string();
+    let optional = [
+        (header::EVENT_TYPE, envelope.event_type.as_str()),
+        (header::SCHEMA_VERSION, version.as_str()),
+        (header::AGGREGATE_TYPE, envelope.aggregate_type.as_str()),
+        (header::AGGREGATE_ID, envelope.aggregate_id.as_str()),
+        (header::CORRELATION_ID, envelope.correlation_id.as_str()),
+        (header::CAUSATION_ID, envelope.causation_id.as_str()),
+        (header::SOURCE_STREAM, event.delivery.stream.as_ref()),
+        (header::SOURCE_SEQ, seq.as_str()),
+    ];
+    let carried = CARRIED_HEADERS.iter().filter_map(|name| {
+        let value = event.delivery.headers.as_ref()?.get(*name)?;
+        Some((*name, value.as_str()))
+    });
+    // A value that cannot be a header (a control character) is left out
+    // rather than failing the event.
+    for (name, value) in optional.into_iter().chain(carried) {
+        if value.is_empty() {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            headers.insert(name, value);
+        }
+    }
+    Ok(headers)
 }
 
 impl Sink for HttpSink {
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
-        let headers = self.request_headers(event)?;
+        let headers = request_headers(&self.headers, event)?;
         // Serializing a `serde_json::Value` cannot fail.
         let body = serde_json::to_vec(&event.envelope.to_json()?).unwrap_or_default();
         let response = self
             .client
-            .post(self.url.clone())
+            .request(METHOD, self.url.clone())
             .headers(headers)
             .body(body)
             .send()

@@ -1,19 +1,25 @@
 //! The JSON document of one key and the operations an event applies to it
 //! (`set`, `increment`, `append`, `unset`, in that order), plus the record of
-//! the last applied source sequence kept inside the document.
+//! the last applied source sequence kept inside the document; the key an
+//! event goes to, and what it makes of the document stored there
+//! ([`Rules`], [`Change`]), which the sink and `jetline project` share.
 //!
 //! Pure: no IO. **Invariant:** a document records, per sink and source
 //! stream, the sequence of the last event applied to it, so an event at or
 //! below it is recognised as already applied.
 
-use std::fmt;
+use std::{collections::HashMap, fmt};
 
 use serde_json::{Map, Value};
 
-use super::config::KvRuleConfig;
+use super::config::{KvRuleConfig, KvSinkConfig};
 use crate::{
     envelope::Envelope,
-    sink::value::{Position, ValueError, ValueSpec},
+    sink::{
+        Event, SinkError,
+        value::{Position, ValueError, ValueSpec},
+    },
+    template::Template,
 };
 
 /// The document field holding `{ "<sink>": { "<stream>": <sequence> } }`
@@ -155,6 +161,112 @@ impl Rule {
                 )
                 .collect();
         Rule::Update(operations)
+    }
+}
+
+/// A KV sink's key template and the rule of each event type, parsed once.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    key: Template,
+    by_type: HashMap<String, Rule>,
+}
+
+impl Rules {
+    pub fn new(config: &KvSinkConfig) -> Result<Self, SinkError> {
+        let key = Template::parse_subject(&config.key).map_err(|source| SinkError::Render {
+            what: "key",
+            source,
+        })?;
+        let by_type = config
+            .on
+            .iter()
+            .map(|(event_type, rule)| (event_type.clone(), Rule::from_config(rule)))
+            .collect();
+        Ok(Self { key, by_type })
+    }
+
+    /// The rule for the event's type and the key it applies to; `None` when
+    /// the sink has no rule for that type (the event is skipped).
+    pub fn target(&self, event: &Event) -> Result<Option<(&Rule, String)>, SinkError> {
+        let Some(rule) = self.by_type.get(&event.envelope.event_type) else {
+            return Ok(None);
+        };
+        let key = self
+            .key
+            .render_subject(&event.envelope, &event.delivery.subject)
+            .map_err(|source| SinkError::Render {
+                what: "key",
+                source,
+            })?;
+        if !is_valid_key(&key) {
+            return Err(invalid_key(&key));
+        }
+        Ok(Some((rule, key)))
+    }
+}
+
+/// A key the KV store takes: letters, digits, `-`, `_`, `/`, `=` and `.`,
+/// neither starting nor ending with `.` (the client's own check, made
+/// before anything is read, so that `jetline project` refuses the same keys).
+fn is_valid_key(key: &str) -> bool {
+    !key.is_empty()
+        && !key.starts_with('.')
+        && !key.ends_with('.')
+        && key.bytes().all(|byte| {
+            byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'/' | b'_' | b'=' | b'.')
+        })
+}
+
+pub(super) fn invalid_key(key: &str) -> SinkError {
+    SinkError::Document {
+        key: key.to_owned(),
+        message: "not a valid KV key (letters, digits, '-', '_', '/', '=', '.')".into(),
+    }
+}
+
+/// What one event makes of the document stored at its key.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// The document records this event (or a later one) as applied: left as it is.
+    AlreadyApplied(Map<String, Value>),
+    /// The document to write.
+    Put(Map<String, Value>),
+    /// The key is deleted; the delete marker's body keeps this record.
+    Delete(Map<String, Value>),
+}
+
+impl Rule {
+    /// Applies the rule for one event to `document` (as stored at `key`),
+    /// recording the event's position as `sink`'s last applied one.
+    pub fn change(
+        &self,
+        mut document: Map<String, Value>,
+        sink: &str,
+        key: &str,
+        envelope: &Envelope,
+        position: Position<'_>,
+    ) -> Result<Change, SinkError> {
+        if last_applied(&document, sink, position.stream).is_some_and(|last| last >= position.seq) {
+            return Ok(Change::AlreadyApplied(document));
+        }
+        match self {
+            Rule::Delete => {
+                let mut record = tombstone(&document);
+                record_applied(&mut record, sink, position.stream, position.seq);
+                Ok(Change::Delete(record))
+            }
+            Rule::Update(operations) => {
+                apply(operations, &mut document, envelope, position).map_err(|err| match err {
+                    ApplyError::Value(err) => SinkError::Value(err),
+                    ApplyError::Document(err) => SinkError::Document {
+                        key: key.to_owned(),
+                        message: err.to_string(),
+                    },
+                })?;
+                record_applied(&mut document, sink, position.stream, position.seq);
+                Ok(Change::Put(document))
+            }
+        }
     }
 }
 
@@ -366,6 +478,46 @@ mod tests {
         let marker = tombstone(&document);
         assert!(!marker.contains_key("status"));
         assert_eq!(last_applied(&marker, "s", "A"), Some(9));
+    }
+
+    #[test]
+    fn a_change_records_the_event_and_leaves_what_is_recorded_as_it_is() {
+        let envelope = example_event("orders.OrderShipped", 1, json!({}));
+        let at = |seq| Position { stream: "S", seq };
+        let update = Rule::Update(rule(json!({ "set": { "status": "shipped" } })));
+        let Ok(Change::Put(document)) = update.change(Map::new(), "s", "k", &envelope, at(5))
+        else {
+            panic!("an update puts the document");
+        };
+        assert_eq!(document["status"], "shipped");
+        assert_eq!(last_applied(&document, "s", "S"), Some(5));
+        let again = update.change(document.clone(), "s", "k", &envelope, at(5));
+        assert_eq!(again.ok(), Some(Change::AlreadyApplied(document.clone())));
+        let Ok(Change::Delete(record)) = Rule::Delete.change(document, "s", "k", &envelope, at(6))
+        else {
+            panic!("a delete deletes");
+        };
+        assert_eq!(
+            Value::Object(record),
+            json!({ "_jetline": { "s": { "S": 6 } } })
+        );
+    }
+
+    #[test]
+    fn keys_are_what_the_kv_store_takes() {
+        let cases = [
+            ("o-1", true),
+            ("a/b=c_d.e", true),
+            ("", false),
+            (".o", false),
+            ("o.", false),
+            ("o:1", false),
+            ("o 1", false),
+            ("ö", false),
+        ];
+        for (key, valid) in cases {
+            assert_eq!(is_valid_key(key), valid, "{key:?}");
+        }
     }
 
     #[test]

@@ -28,12 +28,11 @@ use serde_json::{Map, Value};
 
 use super::{
     config::KvSinkConfig,
-    document::{self, ApplyError, Rule},
+    document::{self, Change, Rules, invalid_key},
 };
 use crate::{
     sink::{Applied, Event, Sink, SinkError, value::Position},
     telemetry,
-    template::Template,
 };
 
 /// Reads and writes of one event before a conflict is handed back as a
@@ -51,8 +50,7 @@ pub struct KvSink {
     name: String,
     jetstream: jetstream::Context,
     store: kv::Store,
-    key: Template,
-    rules: HashMap<String, Rule>,
+    rules: Rules,
     written: Mutex<HashMap<String, Cached>>,
     /// The server's `max_payload`, read once: a larger document is refused.
     max_payload: usize,
@@ -65,10 +63,7 @@ impl KvSink {
         name: &str,
         config: &KvSinkConfig,
     ) -> Result<Self, SinkError> {
-        let key = Template::parse_subject(&config.key).map_err(|source| SinkError::Render {
-            what: "key",
-            source,
-        })?;
+        let rules = Rules::new(config)?;
         let store = match jetstream.get_key_value(&config.bucket).await {
             Ok(store) => store,
             Err(_) => jetstream
@@ -83,17 +78,11 @@ impl KvSink {
                     SinkError::Setup(format!("cannot create bucket {}: {err}", config.bucket))
                 })?,
         };
-        let rules = config
-            .on
-            .iter()
-            .map(|(event_type, rule)| (event_type.clone(), Rule::from_config(rule)))
-            .collect();
         Ok(Self {
             name: name.to_owned(),
             max_payload: jetstream.client().server_info().max_payload,
             jetstream,
             store,
-            key,
             rules,
             written: Mutex::new(HashMap::new()),
         })
@@ -228,66 +217,29 @@ impl KvSink {
     }
 }
 
-fn invalid_key(key: &str) -> SinkError {
-    SinkError::Document {
-        key: key.to_owned(),
-        message: "not a valid KV key (letters, digits, '-', '_', '/', '=', '.')".into(),
-    }
-}
-
 impl Sink for KvSink {
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
-        let Some(rule) = self.rules.get(&event.envelope.event_type) else {
+        let Some((rule, key)) = self.rules.target(event)? else {
             return Ok(Applied::Skipped);
         };
-        let key = self
-            .key
-            .render_subject(&event.envelope, &event.delivery.subject)
-            .map_err(|source| SinkError::Render {
-                what: "key",
-                source,
-            })?;
         let position = Position::of(event);
         let mut cached = self.take_cached(&key);
         for _ in 0..MAX_CAS_ATTEMPTS {
-            let (mut document, revision) = match cached.take() {
+            let (document, revision) = match cached.take() {
                 Some(cached) => cached,
                 None => self.read(&key).await?,
             };
-            if document::last_applied(&document, &self.name, position.stream)
-                .is_some_and(|last| last >= position.seq)
-            {
-                self.cache(key, document, revision);
-                return Ok(Applied::Skipped);
-            }
-            let written = match rule {
-                Rule::Delete => {
-                    let mut record = document::tombstone(&document);
-                    document::record_applied(
-                        &mut record,
-                        &self.name,
-                        position.stream,
-                        position.seq,
-                    );
+            let change = rule.change(document, &self.name, &key, &event.envelope, position)?;
+            let written = match change {
+                Change::AlreadyApplied(document) => {
+                    self.cache(key, document, revision);
+                    return Ok(Applied::Skipped);
+                }
+                Change::Delete(record) => {
                     let written = self.delete(&key, &record, revision).await?;
                     written.map(|revision| (record, revision))
                 }
-                Rule::Update(operations) => {
-                    document::apply(operations, &mut document, &event.envelope, position).map_err(
-                        |err| match err {
-                            ApplyError::Value(err) => SinkError::Value(err),
-                            ApplyError::Document(err) => SinkError::Document {
-                                key: key.clone(),
-                                message: err.to_string(),
-                            },
-                        },
-                    )?;
-                    document::record_applied(
-                        &mut document,
-                        &self.name,
-                        position.stream,
-                        position.seq,
-                    );
+                Change::Put(document) => {
                     let written = self.put(&key, &document, revision).await?;
                     written.map(|revision| (document, revision))
                 }

@@ -20,7 +20,7 @@ use futures::future::join_all;
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 
-use super::sql::{self, SqlValue};
+use super::sql::{self, SqlValue, Statement};
 use crate::{
     sink::{Applied, ErrorClass, SinkError, with_causes},
     telemetry,
@@ -46,13 +46,6 @@ impl Job {
         // The caller may have gone (shutdown): its event comes back anyway.
         let _ = self.reply.send(result);
     }
-}
-
-/// A statement with the parameter types it is prepared with.
-#[derive(Debug, Clone)]
-pub struct Statement {
-    pub sql: String,
-    pub types: Vec<Type>,
 }
 
 pub struct Writer {

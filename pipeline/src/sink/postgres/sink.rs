@@ -7,38 +7,29 @@
 //! recovers by itself: the events of a failed batch come back with backoff.
 //! TLS follows the connection string's `sslmode` and `sslrootcert` (`tls`).
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    batch::{Job, Statement, Writer},
+    batch::{Job, Writer},
     config::PostgresSinkConfig,
-    sql::{self, SqlValue},
+    sql::{self, Plans},
     tls::{self, TlsSetupError},
 };
 use crate::sink::with_causes;
 use crate::{
     schema::SchemaRegistry,
-    sink::{
-        Applied, Event, Sink, SinkError, schema_for,
-        value::{Position, ValueError, ValuePath, ValueType},
-    },
+    sink::{Applied, Event, Sink, SinkError},
 };
 
 /// Time allowed to open a connection or wait for a free one.
 const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How one event type's parameters are taken.
-struct Plan {
-    statement: usize,
-    params: Vec<(ValuePath, ValueType)>,
-}
-
 pub struct PostgresSink {
     jobs: mpsc::Sender<Job>,
-    plans: HashMap<String, Plan>,
+    plans: Plans,
 }
 
 /// The connection pool of sink `name`, from its `url_env` variable.
@@ -126,46 +117,14 @@ impl PostgresSink {
         feeders: usize,
     ) -> Result<Self, SinkError> {
         let pool = pool(name, config)?;
-
-        let mut statements = Vec::new();
-        let mut plans = HashMap::new();
-        for (event_type, statement) in &config.on {
-            let schema = schema_for(registry, event_type, pin).map_err(|message| {
-                SinkError::Setup(format!("sinks.{name}.on.{event_type}: {message}"))
-            })?;
-            let params = statement
-                .params
-                .iter()
-                .map(|path| {
-                    path.resolve(schema)
-                        .map(|value_type| (path.clone(), value_type))
-                        .map_err(|message| {
-                            SinkError::Setup(format!("sinks.{name}.on.{event_type}: {message}"))
-                        })
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            statements.push(Statement {
-                sql: statement.sql.clone(),
-                types: params
-                    .iter()
-                    .map(|(_, value_type)| sql::sql_type(*value_type))
-                    .collect(),
-            });
-            plans.insert(
-                event_type.clone(),
-                Plan {
-                    statement: statements.len() - 1,
-                    params,
-                },
-            );
-        }
+        let plans = Plans::new(name, config, registry, pin)?;
 
         let max_events = config.batch.max_events.min(feeders.max(1));
         let (jobs, receiver) = mpsc::channel(max_events);
         let writer = Writer {
             sink: name.to_owned(),
             pool,
-            statements,
+            statements: plans.statements().to_vec(),
             checkpoint_table: config.checkpoint_table.clone(),
             max_events,
             max_wait: config.batch.max_wait,
@@ -177,24 +136,12 @@ impl PostgresSink {
 
 impl Sink for PostgresSink {
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
-        let Some(plan) = self.plans.get(&event.envelope.event_type) else {
+        let Some((statement, params)) = self.plans.bind(event)? else {
             return Ok(Applied::Skipped);
         };
-        let position = Position::of(event);
-        let params = plan
-            .params
-            .iter()
-            .map(|(path, value_type)| {
-                let found = path.lookup(&event.envelope, position)?;
-                SqlValue::convert(&found, *value_type).map_err(|problem| ValueError {
-                    path: path.to_string(),
-                    problem,
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
         let (reply, answer) = oneshot::channel();
         let job = Job {
-            statement: plan.statement,
+            statement,
             stream: Arc::clone(&event.delivery.stream),
             aggregate_id: event.envelope.aggregate_id.clone(),
             seq: event.delivery.stream_seq,

@@ -1,8 +1,10 @@
-//! Statement parameters and errors: the SQL type of each schema type, a
-//! found value converted to that type, and the retry class of a PostgreSQL
-//! error by its SQLSTATE.
+//! Statement parameters and errors: the SQL type of each schema type, the
+//! statements of a sink and each event's parameters ([`Plans`], which the
+//! sink and `jetline project` share), a found value converted to its type,
+//! and the retry class of a PostgreSQL error by its SQLSTATE.
 
 use std::{
+    collections::HashMap,
     error::Error,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -10,10 +12,108 @@ use std::{
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use crate::sink::{
-    SinkError,
-    value::{Found, ValueType},
+use super::config::PostgresSinkConfig;
+use crate::{
+    schema::SchemaRegistry,
+    sink::{
+        Event, SinkError, schema_for,
+        value::{Found, Position, ValueError, ValuePath, ValueType},
+    },
 };
+
+/// A statement with the parameter types it is prepared with.
+#[derive(Debug, Clone)]
+pub struct Statement {
+    pub sql: String,
+    pub types: Vec<Type>,
+}
+
+/// How one event type's parameters are taken.
+#[derive(Debug, Clone)]
+struct Plan {
+    statement: usize,
+    params: Vec<(ValuePath, ValueType)>,
+}
+
+/// A sink's statements, and for each event type its statement and the
+/// value paths bound to it, typed from the schemas once.
+#[derive(Debug, Clone)]
+pub struct Plans {
+    statements: Vec<Statement>,
+    by_type: HashMap<String, Plan>,
+}
+
+impl Plans {
+    /// Sink `name`'s statements, typed from the schema of each event type
+    /// (the newest version, or `pin`).
+    pub fn new(
+        name: &str,
+        config: &PostgresSinkConfig,
+        registry: &SchemaRegistry,
+        pin: Option<u32>,
+    ) -> Result<Self, SinkError> {
+        let mut statements = Vec::new();
+        let mut by_type = HashMap::new();
+        for (event_type, statement) in &config.on {
+            let setup = |message: String| {
+                SinkError::Setup(format!("sinks.{name}.on.{event_type}: {message}"))
+            };
+            let schema = schema_for(registry, event_type, pin).map_err(setup)?;
+            let params = statement
+                .params
+                .iter()
+                .map(|path| {
+                    path.resolve(schema)
+                        .map(|value_type| (path.clone(), value_type))
+                        .map_err(setup)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            statements.push(Statement {
+                sql: statement.sql.clone(),
+                types: params
+                    .iter()
+                    .map(|(_, value_type)| sql_type(*value_type))
+                    .collect(),
+            });
+            by_type.insert(
+                event_type.clone(),
+                Plan {
+                    statement: statements.len() - 1,
+                    params,
+                },
+            );
+        }
+        Ok(Self {
+            statements,
+            by_type,
+        })
+    }
+
+    pub fn statements(&self) -> &[Statement] {
+        &self.statements
+    }
+
+    /// The index of the event's statement and its parameters; `None` when
+    /// the sink has no statement for the event's type (it is skipped).
+    pub fn bind(&self, event: &Event) -> Result<Option<(usize, Vec<SqlValue>)>, SinkError> {
+        let Some(plan) = self.by_type.get(&event.envelope.event_type) else {
+            return Ok(None);
+        };
+        let position = Position::of(event);
+        let params = plan
+            .params
+            .iter()
+            .map(|(path, value_type)| {
+                let found = path.lookup(&event.envelope, position)?;
+                SqlValue::convert(&found, *value_type).map_err(|problem| ValueError {
+                    path: path.to_string(),
+                    problem,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some((plan.statement, params)))
+    }
+}
 
 /// The parameter type a statement is prepared with for a schema type.
 pub fn sql_type(value_type: ValueType) -> Type {
