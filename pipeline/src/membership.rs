@@ -235,6 +235,7 @@ pub async fn keep(
     // its lease: claiming at the first write would take every partition and
     // hand most of them back a moment later.
     let mut announced = false;
+    let mut renewed = tokio::time::Instant::now();
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -247,8 +248,14 @@ pub async fn keep(
         let body = serde_json::to_vec(&written).unwrap_or_default();
         if let Err(error) = store.put(&instance, body.into()).await {
             tracing::warn!(instance = %instance, error = %error, "Cannot renew this replica's lease");
+            // Once the lease has run out, the others count this replica
+            // gone and take its partitions: it stops pulling them too.
+            if renewed.elapsed() >= lease {
+                release_all(&partitions);
+            }
             continue;
         }
+        renewed = tokio::time::Instant::now();
         if !announced {
             announced = true;
             continue;
@@ -269,10 +276,17 @@ pub async fn keep(
             });
         }
     }
-    for partition in &partitions {
-        partition.owned.send_replace(false);
-    }
+    release_all(&partitions);
     let _ = store.purge(&instance).await;
+}
+
+/// This replica owns none of the partitions (each loop hands its back).
+fn release_all(partitions: &[Partition]) {
+    for partition in partitions {
+        partition
+            .owned
+            .send_if_modified(|owned| std::mem::replace(owned, false));
+    }
 }
 
 /// Whether this process shares partitions with other replicas (`run`) or

@@ -247,6 +247,9 @@ impl<S: Sink> Pipeline<S> {
                     while let Some(Some((key, seq, completion))) = in_flight.next().now_or_never() {
                         lanes.complete(key.as_deref(), seq, completion);
                     }
+                    // Nothing starts after a reconnect before the pin is
+                    // known to be this replica's still.
+                    self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
                     self.start_ready(&mut lanes, &mut in_flight);
                 }
                 // Past the byte budget, settle before reading more; while
@@ -254,18 +257,7 @@ impl<S: Sink> Pipeline<S> {
                 // `max_ack_pending` bounds what is held meanwhile.
                 message = next_message(&mut messages), if self.may_read(&held, recovery.is_some()) => match message {
                     Some(Ok(message)) => {
-                        self.after_reconnect(&consumer, &mut active, &mut recovery).await;
-                        if active.is_none() {
-                            recovery = self.recovery(&consumer).await;
-                            active = Some(Active { pin_id: None, connects: self.connects(), consumer_seq: None });
-                            self.mark_active(true);
-                            self.restore_parked(&mut lanes).await;
-                            tracing::info!(
-                                consumer = %self.spec.durable_name,
-                                waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
-                                "Consumer active on this replica"
-                            );
-                        }
+                        self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
                         // What the client already holds is admitted at once.
                         // Every message taken from the stream is received: one
                         // taken and then dropped would come back only after
@@ -275,9 +267,7 @@ impl<S: Sink> Pipeline<S> {
                         while let Some(message) = next.take() {
                             match Delivery::from_message(&stream_name, message, &held) {
                                 Ok(delivery) => {
-                                    if let (Some(active), Some(pin)) = (active.as_mut(), pin_of(&delivery)) {
-                                        active.note_pin(pin);
-                                    }
+                                    self.follow_pin(&consumer, &delivery, &mut active, &mut recovery, &mut lanes).await;
                                     self.after_gap(&consumer, delivery.consumer_seq, &mut active, &mut recovery).await;
                                     self.receive(delivery, &mut recovery, &mut lanes).await;
                                 }
@@ -310,22 +300,8 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
-                    self.after_reconnect(&consumer, &mut active, &mut recovery).await;
-                    if let Some(pin_id) = active.as_ref().and_then(|a| a.pin_id.as_deref())
-                        && self.pin_moved(&consumer, pin_id).await
-                    {
-                        // Another replica holds the consumer now: stop
-                        // applying and hand back what has not started, so
-                        // the new owner's recovery gets it.
-                        tracing::warn!(consumer = %self.spec.durable_name, "Consumer taken over by another replica; standing by");
-                        let held = recovery.take().map(Recovery::release).unwrap_or_default();
-                        for delivery in lanes.drain_waiting().iter().map(Work::delivery).chain(&held) {
-                            outcome::release(&self.client, delivery).await;
-                        }
-                        active = None;
-                        self.mark_active(false);
-                        continue;
-                    }
+                    self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
+                    self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
                     for work in lanes.waiting() {
                         outcome::progress(&self.client, work.delivery()).await;
                     }
@@ -433,24 +409,24 @@ impl<S: Sink> Pipeline<S> {
         Recovery::at_takeover(info.as_ref(), &self.settings)
     }
 
-    /// After a reconnect, noticed by whichever comes first (a message or
-    /// the progress tick): the server pins this replica's new pulls under a
-    /// new id, learned from the next message rather than taken for a
-    /// takeover; and what it sent while the connection was down comes back
-    /// only after `ack_wait` while later events arrive now, so new events
-    /// wait as after a takeover.
+    /// After a reconnect, noticed by whichever comes first (a message, a
+    /// completion or the progress tick): while the connection was down the
+    /// pin may have expired and gone to another replica, so the pin is
+    /// checked at once; and what the server sent while the connection was
+    /// down comes back only after `ack_wait` while later events arrive now,
+    /// so new events wait as after a takeover.
     async fn after_reconnect(
         &self,
         consumer: &PullConsumer,
         active: &mut Option<Active>,
         recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
     ) {
         let connects = self.connects();
-        let Some(active) = active.as_mut().filter(|active| active.connects != connects) else {
+        let Some(state) = active.as_mut().filter(|active| active.connects != connects) else {
             return;
         };
-        active.connects = connects;
-        active.pin_id = None;
+        state.connects = connects;
         if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
             tracing::warn!(
                 consumer = %self.spec.durable_name,
@@ -458,6 +434,94 @@ impl<S: Sink> Pipeline<S> {
                 "Reconnected to NATS; holding new events until what was in transit has come back"
             );
         }
+        self.check_pin(consumer, active, recovery, lanes).await;
+    }
+
+    /// Stands by when the server no longer pins the client this replica
+    /// was pinned as: another replica holds the consumer now, or will once
+    /// it pulls.
+    async fn check_pin(
+        &self,
+        consumer: &PullConsumer,
+        active: &mut Option<Active>,
+        recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
+    ) {
+        let Some(pin_id) = active.as_ref().and_then(|a| a.pin_id.as_deref()) else {
+            return;
+        };
+        if self.pin_lost(consumer, pin_id).await {
+            tracing::warn!(consumer = %self.spec.durable_name, "The server no longer pins this replica; standing by");
+            self.stand_by(lanes, recovery, active).await;
+        }
+    }
+
+    /// Follows the pin a delivery carries. The first delivery makes this
+    /// replica active. A pin other than the one it knew means the pin was
+    /// lost and given again: another replica may have applied events
+    /// meanwhile, so what has not started goes back and recovery starts
+    /// over, as at a takeover.
+    async fn follow_pin(
+        &self,
+        consumer: &PullConsumer,
+        delivery: &Delivery,
+        active: &mut Option<Active>,
+        recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
+    ) {
+        let pin = pin_of(delivery);
+        if let (Some(known), Some(pin)) = (active.as_ref().and_then(|a| a.pin_id.as_deref()), pin)
+            && known != pin
+        {
+            tracing::warn!(consumer = %self.spec.durable_name, "Pinned again under a new id; recovering as at a takeover");
+            self.stand_by(lanes, recovery, active).await;
+        }
+        if active.is_some() {
+            return;
+        }
+        *recovery = self.recovery(consumer).await;
+        *active = Some(Active {
+            pin_id: pin.map(str::to_owned),
+            connects: self.connects(),
+            consumer_seq: None,
+        });
+        self.mark_active(true);
+        self.restore_parked(lanes).await;
+        tracing::info!(
+            consumer = %self.spec.durable_name,
+            waiting_for = recovery.as_ref().map_or(0, |r| r.orphans),
+            "Consumer active on this replica"
+        );
+    }
+
+    /// Stops applying without the pin: what has not started goes back to
+    /// the server, for the recovery of whoever holds the pin now; events
+    /// in flight finish.
+    async fn stand_by(
+        &self,
+        lanes: &mut Lanes<Work>,
+        recovery: &mut Option<Recovery>,
+        active: &mut Option<Active>,
+    ) {
+        let held = recovery.take().map(Recovery::release).unwrap_or_default();
+        for delivery in lanes
+            .drain_waiting()
+            .iter()
+            .map(Work::delivery)
+            .chain(&held)
+        {
+            outcome::release(&self.client, delivery).await;
+        }
+        *active = None;
+        // A partition still assigned here counts as active: this replica
+        // pulls it, and the pin comes back with the next delivery.
+        self.mark_active(self.assigned());
+    }
+
+    /// Whether the assignment gives this replica the partition (false for
+    /// a consumer that is not partitioned: the pin alone decides).
+    fn assigned(&self) -> bool {
+        self.owned.as_ref().is_some_and(|owned| *owned.borrow())
     }
 
     /// Starts holding new events until what is pending now has come back,
@@ -504,21 +568,18 @@ impl<S: Sink> Pipeline<S> {
         }
     }
 
-    /// Whether the server has pinned another client than `pin_id` (a lost
-    /// lookup says no: the next tick asks again).
-    async fn pin_moved(&self, consumer: &PullConsumer, pin_id: &str) -> bool {
+    /// Whether the server pins another client than `pin_id`, or none (a
+    /// lost lookup says no: the next tick asks again).
+    async fn pin_lost(&self, consumer: &PullConsumer, pin_id: &str) -> bool {
         let Ok(info) = consumer.get_info().await else {
             return false;
         };
-        info.priority_groups
+        let pinned = info
+            .priority_groups
             .iter()
-            .filter(|group| group.group == source::PRIORITY_GROUP)
-            .any(|group| {
-                group
-                    .pinned_client_id
-                    .as_deref()
-                    .is_some_and(|pinned| pinned != pin_id)
-            })
+            .find(|group| group.group == source::PRIORITY_GROUP)
+            .and_then(|group| group.pinned_client_id.as_deref());
+        pinned != Some(pin_id)
     }
 
     /// Parks again, on becoming active, what the parked set holds.
@@ -841,12 +902,6 @@ impl Active {
             .filter(|&lost| lost > 0);
         self.consumer_seq = Some(self.consumer_seq.map_or(seq, |last| last.max(seq)));
         lost
-    }
-
-    fn note_pin(&mut self, pin: &str) {
-        if self.pin_id.as_deref() != Some(pin) {
-            self.pin_id = Some(pin.to_owned());
-        }
     }
 }
 

@@ -4,7 +4,7 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex},
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use axum::{
@@ -43,6 +43,8 @@ impl Recorded {
 pub struct Answer {
     pub status: u16,
     pub headers: Vec<(&'static str, String)>,
+    /// How long the answer takes: a slow downstream.
+    pub delay: Duration,
 }
 
 impl Answer {
@@ -50,7 +52,13 @@ impl Answer {
         Self {
             status,
             headers: Vec::new(),
+            delay: Duration::ZERO,
         }
+    }
+
+    pub fn after(mut self, delay: Duration) -> Self {
+        self.delay = delay;
+        self
     }
 
     pub fn header(mut self, name: &'static str, value: &str) -> Self {
@@ -170,6 +178,7 @@ async fn hook(State(shared): State<Shared>, headers: HeaderMap, body: Bytes) -> 
         let status = StatusCode::from_u16(answer.status).expect("a valid status");
         (answer, status)
     };
+    tokio::time::sleep(answer.delay).await;
     let mut response = status.into_response();
     for (name, value) in answer.headers {
         response

@@ -256,6 +256,21 @@ impl Running {
     }
 }
 
+/// Where a process's log goes unless a test reads it: the test's own
+/// stderr, or with `JETLINE_TEST_LOG_DIR` set, `<dir>/<JETLINE_INSTANCE>.log`
+/// (one file per replica; `JETLINE_TEST_LOG` sets their level).
+fn debug_log(env: &[(&str, &str)]) -> Stdio {
+    let instance = env.iter().find(|(key, _)| *key == "JETLINE_INSTANCE");
+    match (std::env::var("JETLINE_TEST_LOG_DIR"), instance) {
+        (Ok(dir), Some((_, name))) => std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(format!("{dir}/{name}.log"))
+            .map_or_else(|_| Stdio::inherit(), Stdio::from),
+        _ => Stdio::inherit(),
+    }
+}
+
 /// The built binary, killed on drop.
 pub struct Process {
     child: Child,
@@ -305,12 +320,18 @@ impl Process {
         let log = logged.map(|_| tempfile::NamedTempFile::new().expect("log file"));
         let stderr = match &log {
             Some(log) => Stdio::from(log.reopen().expect("log file opens")),
-            None => Stdio::inherit(),
+            None => debug_log(env),
         };
         let child = Command::new(super::jetline_bin())
             .args(["run", "--config"])
             .arg(path)
-            .env("JETLINE_LOG", logged.unwrap_or("warn"))
+            .env(
+                "JETLINE_LOG",
+                logged
+                    .map(str::to_owned)
+                    .or_else(|| std::env::var("JETLINE_TEST_LOG").ok())
+                    .unwrap_or_else(|| "warn".to_owned()),
+            )
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
