@@ -402,6 +402,7 @@ impl SpawnContext<'_> {
                 parked: std::sync::OnceLock::new(),
                 owned: self.replicas.owned.get(&spec.durable_name).cloned(),
                 active_set: self.replicas.active.clone(),
+                partition_mismatch: Default::default(),
             });
             consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }

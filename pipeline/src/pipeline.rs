@@ -55,6 +55,9 @@ pub struct Pipeline<S> {
     pub owned: Option<Owned>,
     /// The consumers this replica is active on, for its lease.
     pub active_set: ActiveSet,
+    /// Whether the server's partition of an event has disagreed with its
+    /// aggregate id's (warned once).
+    pub partition_mismatch: std::sync::atomic::AtomicBool,
 }
 
 /// Deliveries taken from the pull stream in one go once one has arrived:
@@ -714,16 +717,32 @@ impl<S: Sink> Pipeline<S> {
 
     /// Whether the delivery's aggregate is in this consumer's partition;
     /// one without a readable aggregate id is partition 0's, which
-    /// dead-letters it.
+    /// dead-letters it. Where the server partitions by subject, every
+    /// delivery is; one whose aggregate id hashes elsewhere is warned of
+    /// once: the subject's token is not the aggregate id, or the stream's
+    /// `partition()` count is not `partitions`.
     fn in_partition(&self, delivery: &Delivery) -> bool {
         let partition = self.spec.partition;
         if partition.count <= 1 {
             return true;
         }
-        match envelope::aggregate_id(delivery.content_type(), &delivery.body) {
-            Some(id) => membership::partition_of(id.as_bytes(), partition.count) == partition.index,
-            None => partition.index == 0,
+        let hashed = envelope::aggregate_id(delivery.content_type(), &delivery.body)
+            .map(|id| membership::partition_of(id.as_bytes(), partition.count));
+        if partition.by_subject {
+            if hashed.is_some_and(|hashed| hashed != partition.index)
+                && !self
+                    .partition_mismatch
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::warn!(
+                    consumer = %self.spec.durable_name,
+                    subject = %text::cut(&delivery.subject, text::LOGGED_CHARS),
+                    "The stream put an event in another partition than its aggregate id's: per-aggregate order needs the partition token to be computed from the aggregate id, with `partitions` partitions"
+                );
+            }
+            return true;
         }
+        hashed.map_or(partition.index == 0, |hashed| hashed == partition.index)
     }
 
     /// Acks a delivery this sink does not want; `event_type` is a label.

@@ -19,12 +19,17 @@ use crate::support::*;
 const SINKS: u32 = 2;
 
 fn partitioned_yaml(urls: &str, partitions: u32) -> String {
+    yaml_with_source(urls, partitions, "{ stream: PART, subjects: ['part.>'] }")
+}
+
+/// The two sinks, partitioned, reading `source`.
+fn yaml_with_source(urls: &str, partitions: u32, source: &str) -> String {
     config_yaml(
         urls,
         &format!(
             "
 sources:
-  orders: {{ stream: PART, subjects: ['part.>'] }}
+  orders: {source}
 sinks:
   copy: {{ type: jetstream, subject: 'partout.{{aggregate_id}}' }}
   counts:
@@ -105,11 +110,20 @@ fn event_ids(aggregates: usize, per_aggregate: usize) -> Vec<(String, String)> {
 }
 
 async fn publish(js: &jetstream::Context, ids: &[(String, String)]) {
+    publish_by(js, ids, |_| "part.created".to_owned()).await;
+}
+
+/// Publishes each event on the subject `subject` gives its aggregate.
+async fn publish_by(
+    js: &jetstream::Context,
+    ids: &[(String, String)],
+    subject: impl Fn(&str) -> String,
+) {
     let outgoing = ids
         .iter()
         .enumerate()
         .map(|(n, (aggregate, id))| {
-            Outgoing::binary("part.created", &created_v3(id, aggregate, n as i64))
+            Outgoing::binary(&subject(aggregate), &created_v3(id, aggregate, n as i64))
         })
         .collect();
     publish_all(js, outgoing).await;
@@ -154,6 +168,28 @@ async fn start_shared(
         .map(|name| Replica::start(&yaml, name))
         .collect();
     (server, js, yaml, replicas)
+}
+
+/// A stream capturing `<from>.<id>` and storing it as
+/// `<to>.<partition>.<id>`, the server's `partition()` of the id token.
+async fn create_partitioned_stream(
+    js: &jetstream::Context,
+    name: &str,
+    from: &str,
+    to: &str,
+    partitions: u32,
+) {
+    js.create_stream(stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{from}.*")],
+        subject_transform: Some(stream::SubjectTransform {
+            source: format!("{from}.*"),
+            destination: format!("{to}.{{{{partition({partitions},1)}}}}.{{{{wildcard(1)}}}}"),
+        }),
+        ..Default::default()
+    })
+    .await
+    .expect("partitioned stream created");
 }
 
 /// The time until the survivors hold every partition again.
@@ -257,6 +293,56 @@ async fn a_rolling_restart_loses_nothing_and_keeps_order() {
     assert_applied_once_in_order(&js, AGGREGATES, PER_AGGREGATE, Duration::from_secs(120)).await;
 }
 
+/// A stream that partitions by subject (`partition()` on the id token) and
+/// a source naming that token: each partition consumer is filtered by the
+/// server and receives its partition's events only, rather than every
+/// event of the stream; the guarantees are the same.
+#[tokio::test]
+async fn a_stream_partitioned_by_the_server_delivers_each_event_to_one_partition() {
+    const PARTITIONS: u32 = 4;
+    const AGGREGATES: usize = 40;
+    const PER_AGGREGATE: usize = 50;
+    let server = NatsServer::start();
+    let js = server.jetstream().await;
+    create_partitioned_stream(&js, "PART", "parts", "part", PARTITIONS).await;
+    create_stream(&js, "PART_OUT", &["partout.>"]).await;
+    let yaml = yaml_with_source(
+        &server.url(),
+        PARTITIONS,
+        "{ stream: PART, subjects: ['part.*.*'], partition_token: 2 }",
+    );
+    let replicas: Vec<Replica> = ["s0", "s1"]
+        .iter()
+        .map(|name| Replica::start(&yaml, name))
+        .collect();
+    let total = PARTITIONS * SINKS;
+    wait_owned(&replicas, total, true, Duration::from_secs(30)).await;
+    let ids = event_ids(AGGREGATES, PER_AGGREGATE);
+    publish_by(&js, &ids, |aggregate| format!("parts.{aggregate}")).await;
+    assert_applied_once_in_order(&js, AGGREGATES, PER_AGGREGATE, Duration::from_secs(120)).await;
+
+    // Filtered by the server, the copy sink's partition consumers were
+    // delivered the stream about once in all; each reading the whole
+    // stream, they would have been delivered it once each.
+    let stream = js.get_stream("PART").await.expect("stream");
+    let mut delivered = 0;
+    for index in 0..PARTITIONS {
+        let name = format!("jetline-orders-copy-p{index}");
+        let info = stream.consumer_info(&name).await.expect("consumer info");
+        assert_eq!(
+            info.config.filter_subject,
+            format!("part.{index}.*"),
+            "{name} filtered to its partition"
+        );
+        delivered += info.delivered.consumer_sequence;
+    }
+    let events = ids.len() as u64;
+    assert!(
+        (events..2 * events).contains(&delivered),
+        "{delivered} deliveries for {events} events over {PARTITIONS} partitions"
+    );
+}
+
 /// Jetline's partition of an aggregate is the one nats-server's
 /// `partition()` subject transform gives its id token, so a stream the
 /// server partitions agrees with it.
@@ -264,17 +350,7 @@ async fn a_rolling_restart_loses_nothing_and_keeps_order() {
 async fn the_partition_of_an_id_is_the_one_nats_servers_transform_gives() {
     let server = NatsServer::start();
     let js = server.jetstream().await;
-    js.create_stream(stream::Config {
-        name: "PT".into(),
-        subjects: vec!["pt.*".into()],
-        subject_transform: Some(stream::SubjectTransform {
-            source: "pt.*".into(),
-            destination: "ptp.{{partition(8,1)}}.{{wildcard(1)}}".into(),
-        }),
-        ..Default::default()
-    })
-    .await
-    .expect("stream created");
+    create_partitioned_stream(&js, "PT", "pt", "ptp", 8).await;
     let ids: Vec<String> = (0..64).map(|n| format!("order-{n}")).collect();
     for id in &ids {
         js.publish(format!("pt.{id}"), "x".into())
@@ -410,17 +486,35 @@ async fn scale_throughput_of_replicas_and_partitions() {
     let server = NatsServer::start();
     let js = server.jetstream().await;
     create_stream(&js, "PART", &["part.>"]).await;
+    // The same events in a stream the server partitions by the id token.
+    create_partitioned_stream(&js, "PARTS", "parts", "psp", 8).await;
     let ids = event_ids(aggregates, per_aggregate);
     publish(&js, &ids).await;
-    let setups: [(usize, u32); 4] = [(1, 1), (1, 8), (2, 8), (3, 8)];
-    let mut rates: BTreeMap<(usize, u32), Vec<f64>> = BTreeMap::new();
+    publish_by(&js, &ids, |aggregate| format!("parts.{aggregate}")).await;
+    // (replicas, partitions, partitioned by the server)
+    let setups: [(usize, u32, bool); 6] = [
+        (1, 1, false),
+        (1, 8, false),
+        (1, 8, true),
+        (2, 8, false),
+        (2, 8, true),
+        (3, 8, true),
+    ];
+    let mut rates: BTreeMap<(usize, u32, bool), Vec<f64>> = BTreeMap::new();
     for round in 0..rounds {
-        for &(count, partitions) in &setups {
+        for &(count, partitions, by_server) in &setups {
             // A fresh output stream and consumers per run.
             let _ = js.delete_stream("PART_OUT").await;
             create_stream(&js, "PART_OUT", &["partout.>"]).await;
-            let prefix = format!("tp{round}r{count}p{partitions}");
-            let yaml = partitioned_yaml(&server.url(), partitions)
+            let prefix = format!(
+                "tp{round}r{count}p{partitions}{}",
+                if by_server { "s" } else { "" }
+            );
+            let source = match by_server {
+                true => "{ stream: PARTS, subjects: ['psp.*.*'], partition_token: 2 }",
+                false => "{ stream: PART, subjects: ['part.>'] }",
+            };
+            let yaml = yaml_with_source(&server.url(), partitions, source)
                 .replace(
                     "consumers:\n",
                     &format!("consumers:\n  durable_prefix: {prefix}\n"),
@@ -439,9 +533,13 @@ async fn scale_throughput_of_replicas_and_partitions() {
             .await;
             let rate = ids.len() as f64 / started.elapsed().as_secs_f64();
             println!(
-                "round {round}: {count} replica(s), {partitions} partition(s): {rate:.0} events/s"
+                "round {round}: {}: {rate:.0} events/s",
+                setup_name(count, partitions, by_server)
             );
-            rates.entry((count, partitions)).or_default().push(rate);
+            rates
+                .entry((count, partitions, by_server))
+                .or_default()
+                .push(rate);
             for replica in replicas {
                 let _ = replica.process.terminate();
             }
@@ -452,12 +550,21 @@ async fn scale_throughput_of_replicas_and_partitions() {
         sorted.sort_by(f64::total_cmp);
         sorted[sorted.len() / 2]
     };
-    let base = median(&rates[&(1, 1)]);
-    for (&(count, partitions), values) in &rates {
-        let m = median(values);
+    let base = median(&rates[&(1, 1, false)]);
+    for &(count, partitions, by_server) in &setups {
+        let m = median(&rates[&(count, partitions, by_server)]);
         println!(
-            "{count} replica(s), {partitions} partition(s): median {m:.0} events/s ({:.2}x one replica, one partition)",
+            "{}: median {m:.0} events/s ({:.2}x one replica, one partition)",
+            setup_name(count, partitions, by_server),
             m / base
         );
     }
+}
+
+fn setup_name(count: usize, partitions: u32, by_server: bool) -> String {
+    let filtered = match by_server {
+        true => ", partitioned by the server",
+        false => "",
+    };
+    format!("{count} replica(s), {partitions} partition(s){filtered}")
 }

@@ -219,6 +219,9 @@ pub struct PipelineSpec {
 pub struct Partitioning {
     pub index: u32,
     pub count: u32,
+    /// The server filters the consumer to its partition (the source's
+    /// `partition_token`): every event it delivers is this partition's.
+    pub by_subject: bool,
 }
 
 impl PipelineSpec {

@@ -192,6 +192,12 @@ pub struct SourceConfig {
     /// Subjects of the stream this source reads; routes without `subjects` get these.
     #[serde(default)]
     pub subjects: Vec<String>,
+    /// The stream's subjects carry each event's partition at this token
+    /// (1-based), as nats-server's `partition()` subject transform writes
+    /// it: a partitioned sink's consumers are then filtered by the server
+    /// to their partition instead of each reading the whole stream.
+    #[serde(default)]
+    pub partition_token: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

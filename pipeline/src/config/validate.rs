@@ -21,8 +21,8 @@ const DEFAULT_CONCURRENCY: usize = 32;
 const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 const DEFAULT_JITTER: f64 = 0.2;
 const DEFAULT_TAKEOVER_AFTER: Duration = Duration::from_secs(15);
-/// Most partitions per (source, sink): each is a consumer reading the
-/// whole of the pair's subjects.
+/// Most partitions per (source, sink): each is a consumer, reading the
+/// whole of the pair's subjects on a plain stream.
 const MAX_PARTITIONS: u32 = 64;
 
 fn default_backoff() -> Vec<Duration> {
@@ -108,6 +108,14 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
                 ));
             }
         }
+    }
+    for (name, source) in &raw.sources {
+        let routed = raw
+            .routes
+            .iter()
+            .filter(|route| route.from == *name)
+            .flat_map(|route| &route.matches.subjects);
+        check_partition_token(&mut errors, name, source, routed);
     }
     if raw.sources.is_empty() {
         errors.push(ConfigError::new("sources", "at least one source is needed"));
@@ -617,7 +625,11 @@ fn derive_pipelines(
                         sink: sink_name.clone(),
                         durable_name: consumer.clone(),
                         consumer,
-                        partition: Partitioning { index: 0, count: 1 },
+                        partition: Partitioning {
+                            index: 0,
+                            count: 1,
+                            by_subject: false,
+                        },
                         filter_subjects: Vec::new(),
                         routes: Vec::new(),
                     });
@@ -645,21 +657,98 @@ fn derive_pipelines(
         pipeline.filter_subjects = minimal_cover(&wanted);
     }
     // A partitioned pair is one consumer per partition, each reading the
-    // pair's subjects and applying its share of the aggregates.
+    // pair's subjects and applying its share of the aggregates; where the
+    // subjects carry the partition, each reads only its own.
     pipelines
         .into_iter()
         .flat_map(|pipeline| {
             let count = sinks[&pipeline.sink].consumer.partitions.max(1);
+            let token = raw.sources[&pipeline.source].partition_token;
             (0..count).map(move |index| match count {
                 1 => pipeline.clone(),
                 _ => PipelineSpec {
                     durable_name: format!("{}-p{index}", pipeline.consumer),
-                    partition: Partitioning { index, count },
+                    partition: Partitioning {
+                        index,
+                        count,
+                        by_subject: token.is_some(),
+                    },
+                    filter_subjects: match token {
+                        Some(token) => pipeline
+                            .filter_subjects
+                            .iter()
+                            .flat_map(|pattern| partition_filter(pattern, token, index))
+                            .collect(),
+                        None => pipeline.filter_subjects.clone(),
+                    },
                     ..pipeline.clone()
                 },
             })
         })
         .collect()
+}
+
+/// `pattern` narrowed to partition `index` at `token` (1-based): the token
+/// set to the index; a `>` at or before it becomes `*`s up to it, followed
+/// by nothing or by `>`. Empty when the pattern has a literal there, or
+/// too few tokens ([`check_partition_token`] refuses that).
+fn partition_filter(pattern: &str, token: usize, index: u32) -> Vec<String> {
+    let Some(at) = token.checked_sub(1) else {
+        return Vec::new();
+    };
+    let index = index.to_string();
+    let mut tokens: Vec<&str> = pattern.split('.').collect();
+    match tokens.iter().position(|t| *t == ">") {
+        Some(tail) if tail <= at => {
+            tokens.truncate(tail);
+            tokens.resize(at, "*");
+            tokens.push(&index);
+            let exact = tokens.join(".");
+            vec![format!("{exact}.>"), exact]
+        }
+        _ if tokens.get(at) == Some(&"*") => {
+            tokens[at] = &index;
+            vec![tokens.join(".")]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// A source's `partition_token` must be a wildcard token of every subject
+/// its consumers may read (the source's and its routes'), or a partition's
+/// filter could not be written.
+fn check_partition_token<'a>(
+    errors: &mut Vec<ConfigError>,
+    name: &str,
+    source: &'a raw::SourceConfig,
+    routed: impl Iterator<Item = &'a String>,
+) {
+    let Some(token) = source.partition_token else {
+        return;
+    };
+    let key = format!("sources.{name}.partition_token");
+    if token == 0 {
+        errors.push(ConfigError::new(
+            key,
+            "must be at least 1 (tokens count from 1)",
+        ));
+        return;
+    }
+    if source.subjects.is_empty() {
+        errors.push(ConfigError::new(
+            key,
+            "needs the source's `subjects`, whose token it names",
+        ));
+        return;
+    }
+    for subject in source.subjects.iter().chain(routed) {
+        if partition_filter(subject, token, 0).is_empty() {
+            errors.push(ConfigError::new(
+                key.clone(),
+                format!("token {token} of {subject:?} is not a wildcard"),
+            ));
+        }
+    }
 }
 
 /// Drops patterns already covered by another, since JetStream refuses
@@ -857,5 +946,56 @@ consumers:
             ["orders.>", "x.*"]
         );
         assert_eq!(minimal_cover(&["a.*", "a.*"]), ["a.*"]);
+    }
+
+    #[test]
+    fn a_partition_token_narrows_each_partitions_filter() {
+        assert_eq!(partition_filter("orders.*.*", 2, 3), ["orders.3.*"]);
+        // A `>` reaching the token: the partition's subjects end there or go on.
+        assert_eq!(
+            partition_filter("orders.>", 2, 0),
+            ["orders.0.>", "orders.0"]
+        );
+        assert_eq!(partition_filter(">", 3, 5), ["*.*.5.>", "*.*.5"]);
+        assert_eq!(partition_filter("orders.*.>", 2, 1), ["orders.1.>"]);
+        // No wildcard at the token, or no token there at all.
+        assert!(partition_filter("orders.eu.*", 2, 0).is_empty());
+        assert!(partition_filter("orders.*", 3, 0).is_empty());
+        assert!(partition_filter("orders.*", 0, 0).is_empty());
+
+        let yaml = GOOD
+            .replace(
+                "orders: { stream: ORDERS, subjects: ['orders.>'] }",
+                "orders: { stream: ORDERS, subjects: ['orders.*.>'], partition_token: 2 }",
+            )
+            .replace("['orders.created.>']", "['orders.*.created']")
+            + "  partitions: 2\n";
+        let config = load_str(&yaml).expect("valid");
+        let filters: Vec<(&str, &[String])> = config
+            .pipelines
+            .iter()
+            .map(|p| (p.durable_name.as_str(), p.filter_subjects.as_slice()))
+            .collect();
+        assert_eq!(
+            filters[0],
+            ("jl-orders-out_a-p0", &["orders.0.>".to_owned()][..])
+        );
+        assert_eq!(
+            filters[1],
+            ("jl-orders-out_a-p1", &["orders.1.>".to_owned()][..])
+        );
+        assert!(config.pipelines.iter().all(|p| p.partition.by_subject));
+
+        // The route's `orders.created.>` has a literal at token 2.
+        let yaml = GOOD.replace(
+            "orders: { stream: ORDERS, subjects: ['orders.>'] }",
+            "orders: { stream: ORDERS, subjects: ['orders.>'], partition_token: 2 }",
+        );
+        let errors = load_str(&yaml).expect_err("refused").to_string();
+        assert!(
+            errors.contains("sources.orders.partition_token")
+                && errors.contains("token 2 of \"orders.created.>\" is not a wildcard"),
+            "{errors}"
+        );
     }
 }
