@@ -149,7 +149,8 @@ pub fn prepare_with(config: Config, code_steps: &CodeSteps) -> Result<Prepared, 
         .map_err(|mut upcast_errors| errors.append(&mut upcast_errors))
         .ok();
     let (true, Some(upcasters)) = (errors.is_empty(), upcasters) else {
-        return Err(RunError::Config(ConfigErrors(errors)));
+        let located = errors.into_iter().map(|e| config.locator.locate(e));
+        return Err(RunError::Config(ConfigErrors(located.collect())));
     };
     let decoder = Decoder::new(registry, config.schemas.unknown_fields)
         .with_max_message_bytes(config.limits.max_message_bytes);
@@ -185,10 +186,10 @@ pub fn unregistered_sinks(config: &Config, custom_sinks: &CustomSinks) -> Vec<Co
             matches!(sink.kind, SinkKind::Custom) && custom_sinks.get(name).is_none()
         })
         .map(|(name, _)| {
-            ConfigError::new(
+            config.locator.locate(ConfigError::new(
                 format!("sinks.{name}.type"),
                 "custom sinks exist only in programs that register them; this one does not",
-            )
+            ))
         })
         .collect()
 }

@@ -61,18 +61,11 @@ fn load_with_env(text: &str, env: &config::Map<String, String>) -> Result<Config
         file: None,
         text: text.to_owned(),
     };
-    // A value from the environment is named by its variable, one from the
-    // file by its line.
-    let locate = |error: ConfigError| match env_variable(env, &error.path) {
-        Some(variable) => ConfigError {
-            variable: Some(variable),
-            ..error
-        },
-        None => ConfigError {
-            line: locate_line(&origin.text, &error.path),
-            ..error
-        },
+    let locator = Locator {
+        text: origin.text.clone(),
+        env: env.clone(),
     };
+    let locate = |error: ConfigError| locator.locate(error);
     let file_only = layered(text, None).map_err(|err| parse_error(text, &err.to_string()))?;
     check_no_secrets_in_file(&file_only).map_err(|errors| relocate(errors, locate))?;
 
@@ -83,7 +76,33 @@ fn load_with_env(text: &str, env: &config::Map<String, String>) -> Result<Config
         let path = if path == "." { String::new() } else { path };
         relocate(one_error(&path, err.into_inner().to_string()), locate)
     })?;
-    validate(raw).map_err(|errors| relocate(errors, locate))
+    let mut config = validate(raw).map_err(|errors| relocate(errors, locate))?;
+    config.locator = locator;
+    Ok(config)
+}
+
+/// Where a key path was set: a value from the environment is named by its
+/// variable, one from the file by its line. Kept in the [`Config`] for the
+/// checks that need the schemas (routes, sink rules, upcasters).
+#[derive(Debug, Clone, Default)]
+pub struct Locator {
+    text: String,
+    env: config::Map<String, String>,
+}
+
+impl Locator {
+    pub fn locate(&self, error: ConfigError) -> ConfigError {
+        match env_variable(&self.env, &error.path) {
+            Some(variable) => ConfigError {
+                variable: Some(variable),
+                ..error
+            },
+            None => ConfigError {
+                line: error.line.or_else(|| locate_line(&self.text, &error.path)),
+                ..error
+            },
+        }
+    }
 }
 
 /// The file, with `env` on top when given, as a JSON value.
@@ -252,66 +271,104 @@ fn segments(path: &str) -> Vec<Segment<'_>> {
 /// A best effort for messages: `None` when even the first key is not found.
 fn locate_line(text: &str, path: &str) -> Option<usize> {
     let lines: Vec<&str> = text.lines().collect();
+    let segments = segments(path);
+    let mut at = Place {
+        start: 0,
+        parent_column: None,
+        found: None,
+    };
+    let mut next = 0;
+    while next < segments.len() {
+        // A key may hold dots itself (an event type such as
+        // `orders.OrderCreated`): the longest run of keys written as one
+        // key comes first.
+        let keys = segments[next..]
+            .iter()
+            .take_while(|segment| matches!(segment, Segment::Key(_)))
+            .count();
+        let hit = match keys {
+            0 => find_segment(&lines, &segments[next], &at).map(|hit| (hit, 1)),
+            _ => (1..=keys).rev().find_map(|run| {
+                let key = segments[next..next + run]
+                    .iter()
+                    .filter_map(|segment| match segment {
+                        Segment::Key(key) => Some(*key),
+                        Segment::Index(_) => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(".");
+                find_segment(&lines, &Segment::Key(&key), &at).map(|hit| (hit, run))
+            }),
+        };
+        let Some(((number, column, start), used)) = hit else {
+            break;
+        };
+        at = Place {
+            start,
+            parent_column: Some(column),
+            found: Some(number),
+        };
+        next += used;
+    }
+    at.found.map(|number| number + 1)
+}
+
+/// How far [`locate_line`] has come: where the next key is looked for,
+/// below which column, and the line of the last key found.
+struct Place {
+    start: usize,
+    parent_column: Option<usize>,
+    found: Option<usize>,
+}
+
+/// The line, column and next line to search of `segment` inside `at`.
+fn find_segment(lines: &[&str], segment: &Segment, at: &Place) -> Option<(usize, usize, usize)> {
     let content = |line: &str| {
         let trimmed = line.trim_start();
         !(trimmed.is_empty() || trimmed.starts_with('#'))
     };
     let indent = |line: &str| line.len() - line.trim_start().len();
-    let (mut start, mut parent_column, mut found) = (0usize, None::<usize>, None);
-    for segment in segments(path) {
-        let inside = |column: usize| parent_column.is_none_or(|p| column > p);
-        let mut hit = None;
-        for (number, line) in lines.iter().enumerate().skip(start) {
-            if !content(line) {
-                continue;
-            }
-            // The key may follow a list dash on the line where an item starts.
-            let column = if number == start && found == Some(number) {
-                parent_column.map_or(0, |p| p + 2)
-            } else {
-                indent(line)
-            };
-            if number != start && !inside(indent(line)) {
-                break;
-            }
-            let rest = line.get(column..).unwrap_or_default();
-            match segment {
-                Segment::Key(key) => {
-                    let rest = rest.trim_start_matches("- ");
-                    let key_column = line.len() - rest.len();
-                    let rest = rest.trim_start_matches(['"', '\'']);
-                    if rest.starts_with(key)
-                        && rest[key.len()..]
-                            .trim_start_matches(['"', '\''])
-                            .starts_with(':')
-                    {
-                        hit = Some((number, key_column, number + 1));
-                        break;
-                    }
-                }
-                Segment::Index(wanted) => {
-                    let items = lines[start..=number]
-                        .iter()
-                        .filter(|l| content(l) && l.trim_start().starts_with("- "))
-                        .filter(|l| inside(indent(l)))
-                        .count();
-                    if rest.trim_start().starts_with("- ") && items == wanted + 1 {
-                        hit = Some((number, indent(line), number));
-                        break;
-                    }
-                }
-            }
+    let inside = |column: usize| at.parent_column.is_none_or(|p| column > p);
+    for (number, line) in lines.iter().enumerate().skip(at.start) {
+        if !content(line) {
+            continue;
         }
-        match hit {
-            Some((number, column, next)) => {
-                found = Some(number);
-                parent_column = Some(column);
-                start = next;
+        // The key may follow a list dash on the line where an item starts.
+        let column = if number == at.start && at.found == Some(number) {
+            at.parent_column.map_or(0, |p| p + 2)
+        } else {
+            indent(line)
+        };
+        if number != at.start && !inside(indent(line)) {
+            return None;
+        }
+        let rest = line.get(column..).unwrap_or_default();
+        match segment {
+            Segment::Key(key) => {
+                let rest = rest.trim_start_matches("- ");
+                let key_column = line.len() - rest.len();
+                let rest = rest.trim_start_matches(['"', '\'']);
+                if rest.starts_with(key)
+                    && rest[key.len()..]
+                        .trim_start_matches(['"', '\''])
+                        .starts_with(':')
+                {
+                    return Some((number, key_column, number + 1));
+                }
             }
-            None => break,
+            Segment::Index(wanted) => {
+                let items = lines[at.start..=number]
+                    .iter()
+                    .filter(|l| content(l) && l.trim_start().starts_with("- "))
+                    .filter(|l| inside(indent(l)))
+                    .count();
+                if rest.trim_start().starts_with("- ") && items == wanted + 1 {
+                    return Some((number, indent(line), number));
+                }
+            }
         }
     }
-    found.map(|number| number + 1)
+    None
 }
 
 #[cfg(test)]
@@ -340,6 +397,55 @@ routes:
         assert_eq!(locate_line(YAML, "routes[1].to"), Some(11));
         assert_eq!(locate_line(YAML, "routes[0].from"), Some(9));
         assert_eq!(locate_line(YAML, "nowhere"), None);
+    }
+
+    #[test]
+    fn locates_keys_that_hold_dots() {
+        let yaml = "\
+sinks:
+  counts:
+    on:
+      orders.OrderCreated:
+        set: { last: event_id }
+upcasters:
+  orders.OrderCreated:
+    - from: 1
+      to: 2
+    - from: 2
+      steps:
+        - rename: { from: a, to: b }
+";
+        assert_eq!(
+            locate_line(yaml, "sinks.counts.on.orders.OrderCreated"),
+            Some(4)
+        );
+        assert_eq!(
+            locate_line(yaml, "sinks.counts.on.orders.OrderCreated.set"),
+            Some(5)
+        );
+        assert_eq!(
+            locate_line(yaml, "upcasters.orders.OrderCreated[1].steps"),
+            Some(11)
+        );
+        assert_eq!(
+            locate_line(yaml, "upcasters.orders.OrderCreated[1].steps[0].rename"),
+            Some(12)
+        );
+        // Not written: the deepest key that is.
+        assert_eq!(locate_line(yaml, "upcasters.orders.OrderShipped"), Some(6));
+    }
+
+    #[test]
+    fn errors_found_after_loading_are_located_too() {
+        let config = load_str(&format!(
+            "{BASE}upcasters:\n  orders.OrderCreated:\n    - from: 1\n"
+        ))
+        .expect("loads");
+        let error = config.locator.locate(ConfigError::new(
+            "upcasters.orders.OrderCreated[0].from",
+            "a problem only the schemas show",
+        ));
+        assert_eq!(error.line, Some(10), "{error}");
     }
 
     #[test]

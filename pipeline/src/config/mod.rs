@@ -11,7 +11,7 @@ mod validate;
 
 use std::{collections::BTreeMap, fmt, net::SocketAddr, path::PathBuf, time::Duration};
 
-pub use load::{load, load_str};
+pub use load::{Locator, load, load_str};
 pub use raw::{OnDeadLetter, Ordering, UnknownFields};
 pub(crate) use validate::parse_at;
 pub use validate::validate;
@@ -82,6 +82,8 @@ pub struct Config {
     pub upcasters: BTreeMap<String, serde_json::Value>,
     /// One entry per (source, sink) pair that some route connects.
     pub pipelines: Vec<PipelineSpec>,
+    /// Where each key was written, for errors found after loading.
+    pub locator: Locator,
 }
 
 /// A sink with its effective consumer settings (defaults merged with overrides).

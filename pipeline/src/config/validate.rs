@@ -204,6 +204,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
         limits: raw.limits,
         upcasters: raw.upcasters,
         pipelines,
+        locator: Default::default(),
     })
 }
 
