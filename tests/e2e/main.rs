@@ -11,6 +11,7 @@ mod dlq;
 mod hostile;
 mod http;
 mod kv;
+mod manual;
 mod observability;
 mod packaging;
 mod partitions;

@@ -283,6 +283,9 @@ keywords! {
     }
 }
 
+/// The kinds a sink block's `type` names; `validate.rs` parses each.
+pub const SINK_TYPES: &[&str] = &["jetstream", "kv", "postgres", "http", "custom"];
+
 /// Keys a sink block may carry whatever its `type`.
 pub const SINK_COMMON_KEYS: &[&str] = &[
     "ack_wait",

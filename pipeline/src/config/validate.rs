@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 use super::{
     Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, Partitioning,
     PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec,
-    raw::{self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS},
+    raw::{self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS, SINK_TYPES},
 };
 use crate::template::{Template, is_valid_subject, is_valid_subject_pattern};
 
@@ -231,8 +231,6 @@ fn check_limits(errors: &mut Vec<ConfigError>, limits: &LimitsConfig) {
     }
 }
 
-const SINK_TYPES: &str = "jetstream, kv, postgres, http, custom";
-
 /// A block that takes no keys of its own.
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -319,14 +317,17 @@ fn parse_sink(
         Some(other) => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("unknown sink type {other:?} (known: {SINK_TYPES})"),
+                format!(
+                    "unknown sink type {other:?} (known: {})",
+                    SINK_TYPES.join(", ")
+                ),
             ));
             None
         }
         None => {
             errors.push(ConfigError::new(
                 format!("{path}.type"),
-                format!("missing sink type (known: {SINK_TYPES})"),
+                format!("missing sink type (known: {})", SINK_TYPES.join(", ")),
             ));
             None
         }

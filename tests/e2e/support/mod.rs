@@ -47,6 +47,31 @@ pub fn schemas_dir() -> PathBuf {
     root().join("schemas")
 }
 
+/// Runs git in `dir` as a test user, whatever the machine's git
+/// configuration; fails the test when git does.
+pub fn git(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=Jetline Test",
+            "-c",
+            "user.email=test@example.com",
+        ])
+        .args([
+            "-c",
+            "commit.gpgsign=false",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("git runs");
+    assert!(status.success(), "git {args:?}");
+}
+
 /// The built `jetline` binary.
 pub fn jetline_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_jetline"))
