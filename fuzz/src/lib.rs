@@ -199,6 +199,7 @@ pub fn template(data: &[u8]) {
         source: String::new(),
         metadata: HashMap::new(),
         payload: DynamicMessage::new(descriptor.clone()),
+        encoded_payload: None,
     };
     if let Ok(subject) = template.render_subject(&envelope, source_subject) {
         assert!(is_valid_subject(&subject), "rendered {subject:?}");

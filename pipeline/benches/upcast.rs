@@ -92,6 +92,43 @@ fn upcast(c: &mut Criterion) {
             envelope
         })
     });
+    // What a sink that writes bytes does with a v1 event: the payload
+    // validated and upcast on the wire, the v3 envelope written.
+    let v1_envelope = bytes::Bytes::from(envelope_bytes.clone());
+    let valid = |_: &str, _: u32| jetline::envelope::PayloadNeed::Valid;
+    let protobuf = jetline::envelope::Encoding::Protobuf;
+    group.bench_function("decode v1 envelope + upcast to v3 + encode", |b| {
+        b.iter(|| {
+            let mut envelope = decoder
+                .decode(None, black_box(envelope_bytes.as_slice()))
+                .expect("decodes");
+            upcasters.upcast(&mut envelope, None).expect("upcasts");
+            envelope.encode_protobuf()
+        })
+    });
+    group.bench_function("on the wire: v1 envelope -> v3 envelope", |b| {
+        b.iter(|| {
+            let mut envelope = decoder
+                .decode_for(protobuf, black_box(&v1_envelope), valid)
+                .expect("decodes");
+            upcasters.upcast(&mut envelope, None).expect("upcasts");
+            envelope.encode_protobuf()
+        })
+    });
+    group.bench_function("on the wire: upcast v1 to v3 (validated payload)", |b| {
+        b.iter_batched(
+            || {
+                decoder
+                    .decode_for(protobuf, &v1_envelope, valid)
+                    .expect("decodes")
+            },
+            |mut envelope| {
+                upcasters.upcast(&mut envelope, None).expect("upcasts");
+                envelope
+            },
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
 
     let mut at_v3 = envelope.clone();

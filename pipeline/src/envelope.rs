@@ -82,10 +82,14 @@ pub struct Envelope {
     pub causation_id: String,
     pub source: String,
     pub metadata: HashMap<String, String>,
-    /// The event, decoded against its schema at `schema_version`; left
-    /// empty (but validated) when decoded for a sink that passes the
-    /// source's bytes on ([`PayloadNeed::Valid`]).
+    /// The event, decoded against its schema at `schema_version`; an empty
+    /// message of that schema while the payload is held only encoded.
     pub payload: DynamicMessage,
+    /// The payload's bytes at `schema_version`, valid and holding no
+    /// unknown field the schemas reject, when it was not decoded: validated
+    /// on the wire for a sink that writes bytes ([`PayloadNeed::Valid`]),
+    /// and upcast on the wire.
+    pub encoded_payload: Option<Bytes>,
 }
 
 /// What a consumer needs of an event's payload.
@@ -301,7 +305,10 @@ impl Decoder {
             wire_check::validate(descriptor, &wire.payload, self.unknown_fields)
                 .map_err(invalid)?;
             let empty = DynamicMessage::new(descriptor.clone());
-            return Ok(Envelope::from_wire(wire, empty));
+            let encoded = wire.payload.clone();
+            let mut envelope = Envelope::from_wire(wire, empty);
+            envelope.encoded_payload = Some(encoded);
+            return Ok(envelope);
         }
         let payload =
             DynamicMessage::decode(descriptor.clone(), wire.payload.as_ref()).map_err(|err| {
@@ -546,6 +553,7 @@ impl Envelope {
             source: wire.source,
             metadata: wire.metadata,
             payload,
+            encoded_payload: None,
         }
     }
 
@@ -583,7 +591,10 @@ impl Envelope {
         ];
         // proto3 leaves fields at their defaults out, as prost's own
         // encoding does; `occurred_at` is always present.
-        let payload_len = self.payload.encoded_len();
+        let payload_len = match &self.encoded_payload {
+            Some(encoded) => encoded.len(),
+            None => self.payload.encoded_len(),
+        };
         let mut len = strings
             .iter()
             .filter(|(_, value)| !value.is_empty())
@@ -620,8 +631,11 @@ impl Envelope {
         if payload_len != 0 {
             encode_key(tags.payload, encoding::WireType::LengthDelimited, &mut buf);
             encode_varint(payload_len as u64, &mut buf);
-            // The length is known: `encode` would work it out once more.
-            self.payload.encode_raw(&mut buf);
+            match &self.encoded_payload {
+                Some(encoded) => buf.extend_from_slice(encoded),
+                // The length is known: `encode` would work it out once more.
+                None => self.payload.encode_raw(&mut buf),
+            }
         }
         encoding::hash_map::encode(
             encoding::string::encode,
@@ -635,6 +649,26 @@ impl Envelope {
         buf
     }
 
+    /// The payload as a message, decoded here when it is held only encoded.
+    pub fn payload_message(&self) -> Result<Cow<'_, DynamicMessage>, prost::DecodeError> {
+        match &self.encoded_payload {
+            Some(encoded) => {
+                let descriptor = prost_reflect::ReflectMessage::descriptor(&self.payload);
+                DynamicMessage::decode(descriptor, encoded.as_ref()).map(Cow::Owned)
+            }
+            None => Ok(Cow::Borrowed(&self.payload)),
+        }
+    }
+
+    /// Decodes a payload held only encoded into `payload`.
+    pub fn decode_payload(&mut self) -> Result<(), prost::DecodeError> {
+        if self.encoded_payload.is_some() {
+            self.payload = self.payload_message()?.into_owned();
+            self.encoded_payload = None;
+        }
+        Ok(())
+    }
+
     /// The envelope in the proto3 JSON mapping, with the payload as an object.
     /// A payload holding a value that mapping cannot express (a
     /// `google.protobuf.Timestamp` past year 9999, say) is valid protobuf but
@@ -644,7 +678,10 @@ impl Envelope {
         // Transcoding between two views of the same descriptor cannot fail.
         let _ = header.transcode_from(&self.to_wire(Bytes::new()));
         let mut json = serde_json::to_value(&header).map_err(NoJsonForm::of)?;
-        let payload = serde_json::to_value(&self.payload).map_err(NoJsonForm::of)?;
+        let payload = self
+            .payload_message()
+            .map_err(|error| NoJsonForm(error.to_string()))?;
+        let payload = serde_json::to_value(payload.as_ref()).map_err(NoJsonForm::of)?;
         if let serde_json::Value::Object(fields) = &mut json {
             fields.insert("payload".to_owned(), payload);
         }

@@ -650,16 +650,22 @@ impl<S: Sink> Pipeline<S> {
             return;
         }
         let decoded = Encoding::from_content_type(delivery.content_type()).and_then(|encoding| {
-            // A sink that writes the source's bytes needs the payload of an
-            // event at its target version only validated, not decoded.
+            // A payload is only validated where it reaches the sink's
+            // version without decoding: a sink that writes bytes then
+            // takes it as it is; one that reads fields has it decoded once
+            // it is upcast on the wire, at its version (`process`).
             let passes_through = self.sink.passes_through(encoding);
             let need = |event_type: &str, version: u32| {
-                let at_target = || {
+                let on_wire = || {
+                    self.upcasters
+                        .needs_no_decoding(event_type, version, self.schema_version)
+                };
+                let upcast = || {
                     self.upcasters
                         .target_version(event_type, self.schema_version)
-                        .is_ok_and(|target| target == version)
+                        .is_ok_and(|target| target != version)
                 };
-                if passes_through && at_target() {
+                if (passes_through || upcast()) && on_wire() {
                     PayloadNeed::Valid
                 } else {
                     PayloadNeed::Message
@@ -800,7 +806,21 @@ impl<S: Sink> Pipeline<S> {
                             self.metrics.upcast(&event.envelope.event_type, from);
                             event.original = None;
                         }
-                        self.apply(&event).await
+                        // Upcast on the wire, for a sink that reads fields.
+                        let readable = if event.envelope.encoded_payload.is_some()
+                            && !self.sink.passes_through(Encoding::Protobuf)
+                        {
+                            event.envelope.decode_payload()
+                        } else {
+                            Ok(())
+                        };
+                        match readable {
+                            Ok(()) => self.apply(&event).await,
+                            Err(error) => Outcome::DeadLetter {
+                                reason: DeadLetterReason::UpcastFailed,
+                                error: format!("the upcast payload does not decode: {error}"),
+                            },
+                        }
                     }
                     Err(error) => Outcome::DeadLetter {
                         reason: DeadLetterReason::UpcastFailed,

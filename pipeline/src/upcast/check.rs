@@ -17,7 +17,10 @@
 //! values (a string that is not a number, an overflow, an unmapped value),
 //! never on its own structure.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+};
 
 use prost_reflect::{Cardinality, DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 
@@ -30,7 +33,7 @@ use super::{
     },
 };
 use crate::{
-    config::{Config, ConfigError, parse_at},
+    config::{Config, ConfigError, UnknownFields, parse_at},
     schema::SchemaRegistry,
 };
 
@@ -77,8 +80,15 @@ pub fn build(
     if !report.errors.is_empty() {
         return Err(report.errors);
     }
+    // Allowed unknown fields are carried in nested messages by bytes but
+    // dropped by decoding: the wire would keep what decoding drops.
+    let plans = match config.schemas.unknown_fields {
+        UnknownFields::Reject => super::wire_plans(&chains, registry),
+        UnknownFields::Allow => HashMap::new(),
+    };
     Ok(Upcasters {
         chains,
+        plans,
         versions: versions
             .into_iter()
             .map(|(event_type, versions)| (event_type.to_owned(), versions))
@@ -409,6 +419,9 @@ impl HopAt<'_> {
                 Ok(upcaster) => steps.push(Step {
                     kind: config.kind(),
                     upcaster,
+                    touches: config
+                        .top_level_fields()
+                        .map(|names| names.into_iter().map(Arc::from).collect()),
                 }),
                 Err(refusal) => {
                     let path = if refusal.key.is_empty() {
@@ -442,8 +455,7 @@ impl HopAt<'_> {
         index: usize,
         config: &StepConfig,
         code: &CodeSteps,
-    ) -> Result<std::sync::Arc<dyn Upcaster>, Refusal> {
-        use std::sync::Arc;
+    ) -> Result<Arc<dyn Upcaster>, Refusal> {
         Ok(match config {
             StepConfig::Rename(moved) => Arc::new(self.moving(shape, moved, false)?),
             StepConfig::Copy(moved) => Arc::new(self.moving(shape, moved, true)?),
@@ -1203,7 +1215,11 @@ message Order {
         }])
     }
 
-    fn config(schemas: &Path, upcasters: &serde_json::Value, pin: Option<u32>) -> Config {
+    pub(crate) fn config(
+        schemas: &Path,
+        upcasters: &serde_json::Value,
+        pin: Option<u32>,
+    ) -> Config {
         let pin = pin
             .map(|pin| format!(", schema_version: {pin}"))
             .unwrap_or_default();
@@ -1216,7 +1232,7 @@ message Order {
         load_str(&yaml).unwrap_or_else(|errors| panic!("valid config: {errors}"))
     }
 
-    fn registry(schemas: &Path) -> SchemaRegistry {
+    pub(crate) fn registry(schemas: &Path) -> SchemaRegistry {
         SchemaRegistry::load(&SchemasConfig {
             dir: schemas.to_path_buf(),
             ..SchemasConfig::default()

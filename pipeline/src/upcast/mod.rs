@@ -16,6 +16,7 @@
 pub mod check;
 mod record;
 pub mod steps;
+mod wire;
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -23,9 +24,11 @@ use std::{
     sync::Arc,
 };
 
+use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage as _};
 
 pub use record::{Field, FitError, Record, Segment, field_type_name, kind_name};
+use wire::WirePlan;
 
 use crate::envelope::Envelope;
 
@@ -99,6 +102,10 @@ pub enum UpcastError {
     Step(Box<StepFailure>),
     #[error(transparent)]
     Invalid(Box<FitFailure>),
+    /// A payload validated on the wire that does not decode: a defect of
+    /// the validation, dead-lettered rather than applied.
+    #[error("the payload does not decode: {0}")]
+    Undecodable(String),
 }
 
 /// A step of a hop failed on this event.
@@ -205,6 +212,9 @@ impl fmt::Display for Warning {
 pub(crate) struct Step {
     pub kind: &'static str,
     pub upcaster: Arc<dyn Upcaster>,
+    /// The top-level payload fields the step may touch (`None`: any, as a
+    /// code step may).
+    pub touches: Option<Vec<Arc<str>>>,
 }
 
 impl fmt::Debug for Step {
@@ -243,6 +253,9 @@ pub struct Upcasters {
     chains: HashMap<String, BTreeMap<u32, Hop>>,
     /// Per event type, its schema versions, ascending.
     versions: HashMap<String, Vec<u32>>,
+    /// Per event type, how binary payloads go from one version to a later
+    /// one on the wire, by (from, target).
+    plans: HashMap<String, HashMap<(u32, u32), WirePlan>>,
     warnings: Vec<Warning>,
 }
 
@@ -265,10 +278,25 @@ impl Upcasters {
         })
     }
 
+    /// Whether an event of `event_type` at `version` reaches its target
+    /// version without its binary payload being decoded: it is there
+    /// already, or a wire plan takes it there.
+    pub fn needs_no_decoding(&self, event_type: &str, version: u32, pin: Option<u32>) -> bool {
+        self.target_version(event_type, pin).is_ok_and(|target| {
+            target == version || self.plan(event_type, version, target).is_some()
+        })
+    }
+
+    fn plan(&self, event_type: &str, version: u32, target: u32) -> Option<&WirePlan> {
+        self.plans.get(event_type)?.get(&(version, target))
+    }
+
     /// Brings `envelope` to its target version and rewrites its
     /// `schema_version`. Returns the versions it went from and to, or `None`
-    /// when it was there already. On error the payload is left empty: the
-    /// caller dead-letters the original message.
+    /// when it was there already. A payload the envelope holds only encoded
+    /// is upcast on the wire where a plan allows, and stays encoded. On
+    /// error the payload is left empty: the caller dead-letters the
+    /// original message.
     pub fn upcast(
         &self,
         envelope: &mut Envelope,
@@ -279,11 +307,50 @@ impl Upcasters {
         if from == target {
             return Ok(None);
         }
+        let event_type = envelope.event_type.as_str();
         let placeholder = DynamicMessage::new(envelope.payload.descriptor());
         let payload = std::mem::replace(&mut envelope.payload, placeholder);
-        envelope.payload = self.upcast_payload(&envelope.event_type, from, target, payload)?;
+        match envelope.encoded_payload.take() {
+            Some(encoded) => {
+                if let Some((bytes, descriptor)) =
+                    self.upcast_on_wire(event_type, from, target, &encoded)
+                {
+                    envelope.encoded_payload = Some(bytes.into());
+                    envelope.payload = DynamicMessage::new(descriptor);
+                } else {
+                    // Validated on the wire, so it decodes.
+                    let decoded = DynamicMessage::decode(payload.descriptor(), encoded.as_ref())
+                        .map_err(|error| UpcastError::Undecodable(error.to_string()))?;
+                    envelope.payload = self.upcast_payload(event_type, from, target, decoded)?;
+                }
+            }
+            None => envelope.payload = self.upcast_payload(event_type, from, target, payload)?,
+        }
         envelope.schema_version = target;
         Ok(Some((from, target)))
+    }
+
+    /// A binary payload (valid, with no unknown field) brought from
+    /// `version` to `target` by its wire plan: the bytes and the target's
+    /// descriptor, or `None` where the plan does not take it (the decoding
+    /// path does, and names any error).
+    fn upcast_on_wire(
+        &self,
+        event_type: &str,
+        version: u32,
+        target: u32,
+        payload: &[u8],
+    ) -> Option<(Vec<u8>, MessageDescriptor)> {
+        let plan = self.plan(event_type, version, target)?;
+        let split = plan.split(payload)?;
+        let stepped = DynamicMessage::decode(plan.source.clone(), split.stepped.as_slice()).ok()?;
+        let result = self
+            .run_hops(event_type, version, target, Record::from_message(stepped))
+            .ok()?;
+        let mut bytes = Vec::with_capacity(result.encoded_len() + split.carried.len());
+        result.encode_raw(&mut bytes);
+        bytes.extend_from_slice(&split.carried);
+        Some((bytes, plan.target.clone()))
     }
 
     /// Brings a payload of `event_type` at `version` to `target`, hop by hop.
@@ -304,15 +371,25 @@ impl Upcasters {
         if version == target {
             return Ok(payload);
         }
+        self.run_hops(event_type, version, target, Record::from_message(payload))
+    }
+
+    /// One record through every hop from `version` to `target`: between
+    /// hops it is only checked against the version reached; the message is
+    /// built once, at the end.
+    fn run_hops(
+        &self,
+        event_type: &str,
+        version: u32,
+        target: u32,
+        mut record: Record,
+    ) -> Result<DynamicMessage, UpcastError> {
         let no_hop = |version| UpcastError::NoHop {
             event_type: event_type.to_owned(),
             version,
             target,
         };
         let hops = self.chains.get(event_type).ok_or_else(|| no_hop(version))?;
-        // One record through every hop: between hops it is only checked
-        // against the version reached; the message is built once, at the end.
-        let mut record = Record::from_message(payload);
         let mut version = version;
         let mut last = None;
         while version < target {
@@ -349,6 +426,34 @@ impl Upcasters {
     pub fn warnings(&self) -> &[Warning] {
         &self.warnings
     }
+}
+
+/// The wire plans of every chain: from each version a hop starts from, to
+/// each version the chain reaches from there.
+fn wire_plans(
+    chains: &HashMap<String, BTreeMap<u32, Hop>>,
+    registry: &crate::schema::SchemaRegistry,
+) -> HashMap<String, HashMap<(u32, u32), WirePlan>> {
+    let mut plans = HashMap::new();
+    for (event_type, hops) in chains {
+        let mut of_type = HashMap::new();
+        for &from in hops.keys() {
+            let Some(source) = registry.resolve(event_type, from) else {
+                continue;
+            };
+            let mut path = Vec::new();
+            let mut version = from;
+            while let Some(hop) = hops.get(&version) {
+                path.push(hop);
+                version = hop.to;
+                if let Some(plan) = WirePlan::new(source, &path) {
+                    of_type.insert((from, version), plan);
+                }
+            }
+        }
+        plans.insert(event_type.clone(), of_type);
+    }
+    plans
 }
 
 fn apply_steps(event_type: &str, hop: &Hop, record: &mut Record) -> Result<(), UpcastError> {

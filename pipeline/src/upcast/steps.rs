@@ -70,6 +70,32 @@ impl StepConfig {
             StepConfig::Code(_) => "code",
         }
     }
+
+    /// The top-level payload fields the step may read, write or remove (the
+    /// first name of each path it names); `None` for a code step, which may
+    /// look at any field.
+    pub fn top_level_fields(&self) -> Option<Vec<&str>> {
+        let paths: Vec<&str> = match self {
+            StepConfig::Rename(step) | StepConfig::Copy(step) => vec![&step.from, &step.to],
+            StepConfig::Set(step) | StepConfig::SetDefault(step) => vec![&step.field],
+            StepConfig::Remove(step) => vec![&step.field],
+            // `rename_to` names a field beside `field`, in the same message.
+            StepConfig::Convert(step) if !step.field.contains('.') => {
+                let mut paths = vec![step.field.as_str()];
+                paths.extend(step.rename_to.as_deref());
+                paths
+            }
+            StepConfig::Convert(step) => vec![&step.field],
+            StepConfig::MapValues(step) => vec![&step.field],
+            StepConfig::Code(_) => return None,
+        };
+        Some(
+            paths
+                .into_iter()
+                .map(|path| path.split('.').next().unwrap_or(path))
+                .collect(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
