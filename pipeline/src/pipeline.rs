@@ -252,7 +252,7 @@ impl<S: Sink> Pipeline<S> {
                     }
                     // Nothing starts after a reconnect before the pin is
                     // known to be this replica's still.
-                    self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
+                    let _ = self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
                     self.start_ready(&mut lanes, &mut in_flight);
                 }
                 // Past the byte budget, settle before reading more; while
@@ -260,7 +260,7 @@ impl<S: Sink> Pipeline<S> {
                 // `max_ack_pending` bounds what is held meanwhile.
                 message = next_message(&mut messages), if self.may_read(&held, recovery.is_some()) => match message {
                     Some(Ok(message)) => {
-                        self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
+                        let _ = self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
                         // What the client already holds is admitted at once.
                         // Every message taken from the stream is received: one
                         // taken and then dropped would come back only after
@@ -303,8 +303,9 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
-                    self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await;
-                    self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
+                    if !self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await {
+                        self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
+                    }
                     for work in lanes.waiting() {
                         outcome::progress(&self.client, work.delivery()).await;
                     }
@@ -417,17 +418,17 @@ impl<S: Sink> Pipeline<S> {
     /// pin may have expired and gone to another replica, so the pin is
     /// checked at once; and what the server sent while the connection was
     /// down comes back only after `ack_wait` while later events arrive now,
-    /// so new events wait as after a takeover.
+    /// so new events wait as after a takeover. Whether it checked the pin.
     async fn after_reconnect(
         &self,
         consumer: &PullConsumer,
         active: &mut Option<Active>,
         recovery: &mut Option<Recovery>,
         lanes: &mut Lanes<Work>,
-    ) {
+    ) -> bool {
         let connects = self.connects();
         let Some(state) = active.as_mut().filter(|active| active.connects != connects) else {
-            return;
+            return false;
         };
         state.connects = connects;
         if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
@@ -438,6 +439,7 @@ impl<S: Sink> Pipeline<S> {
             );
         }
         self.check_pin(consumer, active, recovery, lanes).await;
+        true
     }
 
     /// Stands by when the server no longer pins the client this replica
@@ -676,6 +678,7 @@ impl<S: Sink> Pipeline<S> {
         });
         match decoded {
             Ok((envelope, encoding)) => {
+                self.check_partition(&delivery.subject, &envelope.aggregate_id);
                 if !self.router.wants(&delivery.subject, &envelope.event_type) {
                     self.skip(&delivery, &envelope.event_type).await;
                     return;
@@ -724,31 +727,36 @@ impl<S: Sink> Pipeline<S> {
     /// Whether the delivery's aggregate is in this consumer's partition;
     /// one without a readable aggregate id is partition 0's, which
     /// dead-letters it. Where the server partitions by subject, every
-    /// delivery is; one whose aggregate id hashes elsewhere is warned of
-    /// once: the subject's token is not the aggregate id, or the stream's
-    /// `partition()` count is not `partitions`.
+    /// delivery is (see [`Pipeline::check_partition`]).
     fn in_partition(&self, delivery: &Delivery) -> bool {
         let partition = self.spec.partition;
-        if partition.count <= 1 {
+        if partition.count <= 1 || partition.by_subject {
             return true;
         }
-        let hashed = envelope::aggregate_id(delivery.content_type(), &delivery.body)
-            .map(|id| membership::partition_of(id.as_bytes(), partition.count));
-        if partition.by_subject {
-            if hashed.is_some_and(|hashed| hashed != partition.index)
-                && !self
-                    .partition_mismatch
-                    .swap(true, std::sync::atomic::Ordering::Relaxed)
-            {
-                tracing::warn!(
-                    consumer = %self.spec.durable_name,
-                    subject = %text::cut(&delivery.subject, text::LOGGED_CHARS),
-                    "The stream put an event in another partition than its aggregate id's: per-aggregate order needs the partition token to be computed from the aggregate id, with `partitions` partitions"
-                );
-            }
-            return true;
+        envelope::aggregate_id(delivery.content_type(), &delivery.body)
+            .map(|id| membership::partition_of(id.as_bytes(), partition.count))
+            .map_or(partition.index == 0, |hashed| hashed == partition.index)
+    }
+
+    /// Where the server partitions by subject, warns once of an event whose
+    /// aggregate id hashes to another partition: the subject's token is not
+    /// the aggregate id, or the stream's `partition()` count is not
+    /// `partitions`, and per-aggregate order is not guaranteed.
+    fn check_partition(&self, subject: &str, aggregate_id: &str) {
+        let partition = self.spec.partition;
+        if partition.count > 1
+            && partition.by_subject
+            && membership::partition_of(aggregate_id.as_bytes(), partition.count) != partition.index
+            && !self
+                .partition_mismatch
+                .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                consumer = %self.spec.durable_name,
+                subject = %text::cut(subject, text::LOGGED_CHARS),
+                "The stream put an event in another partition than its aggregate id's: per-aggregate order needs the partition token to be computed from the aggregate id, with `partitions` partitions"
+            );
         }
-        hashed.map_or(partition.index == 0, |hashed| hashed == partition.index)
     }
 
     /// Acks a delivery this sink does not want; `event_type` is a label.
