@@ -5,7 +5,11 @@
 //! Never panics on input: every problem is a [`DecodeError`], whose kind picks
 //! the dead-letter reason.
 
-use std::{borrow::Cow, collections::HashMap, sync::LazyLock};
+use std::{
+    borrow::Cow,
+    collections::{BTreeSet, HashMap},
+    sync::LazyLock,
+};
 
 use bytes::Bytes;
 use prost::Message as _;
@@ -658,6 +662,44 @@ impl Envelope {
             }
             None => Ok(Cow::Borrowed(&self.payload)),
         }
+    }
+
+    /// As [`Envelope::decode_payload`], decoding only the top-level fields
+    /// named, and the other members of their oneofs (which decide which one
+    /// is set): each of them reads as decoding the whole payload reads it;
+    /// the others read as absent.
+    pub fn decode_payload_fields(
+        &mut self,
+        names: &BTreeSet<String>,
+    ) -> Result<(), prost::DecodeError> {
+        let Some(encoded) = self.encoded_payload.take() else {
+            return Ok(());
+        };
+        let descriptor = prost_reflect::ReflectMessage::descriptor(&self.payload);
+        let mut numbers = Vec::with_capacity(names.len());
+        for field in names
+            .iter()
+            .filter_map(|name| descriptor.get_field_by_name(name))
+        {
+            match field.containing_oneof() {
+                Some(oneof) => numbers.extend(oneof.fields().map(|member| member.number())),
+                None => numbers.push(field.number()),
+            }
+        }
+        let mut kept = Vec::with_capacity(encoded.len());
+        for record in crate::wire_check::records(&encoded) {
+            // Validated on the wire, it parses; were it not, decoding the
+            // whole of it says why.
+            let Some(record) = record else {
+                self.payload = DynamicMessage::decode(descriptor, encoded.as_ref())?;
+                return Ok(());
+            };
+            if numbers.contains(&record.number) {
+                kept.extend_from_slice(record.whole);
+            }
+        }
+        self.payload = DynamicMessage::decode(descriptor, kept.as_slice())?;
+        Ok(())
     }
 
     /// Decodes a payload held only encoded into `payload`.

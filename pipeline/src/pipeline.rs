@@ -654,8 +654,8 @@ impl<S: Sink> Pipeline<S> {
         let decoded = Encoding::from_content_type(delivery.content_type()).and_then(|encoding| {
             // A payload is only validated where it reaches the sink's
             // version without decoding: a sink that writes bytes then
-            // takes it as it is; one that reads fields has it decoded once
-            // it is upcast on the wire, at its version (`process`).
+            // takes it as it is; one that reads fields has them decoded at
+            // its version (`process`), only those it names where it does.
             let passes_through = self.sink.passes_through(encoding);
             let need = |event_type: &str, version: u32| {
                 let on_wire = || {
@@ -667,7 +667,8 @@ impl<S: Sink> Pipeline<S> {
                         .target_version(event_type, self.schema_version)
                         .is_ok_and(|target| target != version)
                 };
-                if (passes_through || upcast()) && on_wire() {
+                let names_fields = self.sink.payload_fields().is_some();
+                if (passes_through || names_fields || upcast()) && on_wire() {
                     PayloadNeed::Valid
                 } else {
                     PayloadNeed::Message
@@ -814,19 +815,21 @@ impl<S: Sink> Pipeline<S> {
                             self.metrics.upcast(&event.envelope.event_type, from);
                             event.original = None;
                         }
-                        // Upcast on the wire, for a sink that reads fields.
-                        let readable = if event.envelope.encoded_payload.is_some()
-                            && !self.sink.passes_through(Encoding::Protobuf)
+                        // Held encoded, for a sink that reads fields.
+                        let readable = if event.envelope.encoded_payload.is_none()
+                            || self.sink.passes_through(Encoding::Protobuf)
                         {
-                            event.envelope.decode_payload()
-                        } else {
                             Ok(())
+                        } else if let Some(names) = self.sink.payload_fields() {
+                            event.envelope.decode_payload_fields(names)
+                        } else {
+                            event.envelope.decode_payload()
                         };
                         match readable {
                             Ok(()) => self.apply(&event).await,
                             Err(error) => Outcome::DeadLetter {
-                                reason: DeadLetterReason::UpcastFailed,
-                                error: format!("the upcast payload does not decode: {error}"),
+                                reason: DeadLetterReason::InvalidPayload,
+                                error: format!("the payload does not decode: {error}"),
                             },
                         }
                     }

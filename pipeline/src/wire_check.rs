@@ -139,6 +139,49 @@ fn wire_type_name(wire_type: &WireType) -> &'static str {
     }
 }
 
+/// One field record of a message on the wire, as it stands.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldRecord<'a> {
+    pub number: u32,
+    pub wire_type: WireType,
+    /// The whole record, key included.
+    pub whole: &'a [u8],
+    /// The record after its key (a length-delimited one's length included).
+    pub value: &'a [u8],
+}
+
+/// The top-level field records of `bytes` in order, nested ones unread;
+/// `None` where the bytes stop parsing, and nothing after it.
+pub fn records(mut rest: &[u8]) -> impl Iterator<Item = Option<FieldRecord<'_>>> {
+    use prost::encoding::{DecodeContext, decode_key, decode_varint, skip_field};
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || rest.is_empty() {
+            return None;
+        }
+        let mut next = || {
+            let start = rest;
+            let (number, wire_type) = decode_key(&mut rest).ok()?;
+            let value = rest;
+            if wire_type == WireType::LengthDelimited {
+                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
+                rest = rest.get(len..)?;
+            } else {
+                skip_field(wire_type, number, &mut rest, DecodeContext::default()).ok()?;
+            }
+            Some(FieldRecord {
+                number,
+                wire_type,
+                whole: &start[..start.len() - rest.len()],
+                value: &value[..value.len() - rest.len()],
+            })
+        };
+        let record = next();
+        failed = record.is_none();
+        Some(record)
+    })
+}
+
 /// Checks `bytes` against `descriptor` as `DynamicMessage::decode` would read
 /// them, and under `Reject` refuses unknown fields at any depth.
 pub fn validate(

@@ -64,7 +64,16 @@ pub trait Sink: Send + Sync + 'static {
     fn passes_through(&self, _encoding: Encoding) -> bool {
         false
     }
+
+    /// The top-level payload fields the sink reads, when it names them all:
+    /// only those are decoded. `None`: it may read the whole payload.
+    fn payload_fields(&self) -> Option<&PayloadFields> {
+        None
+    }
 }
+
+/// Top-level payload fields, by name.
+pub type PayloadFields = std::collections::BTreeSet<String>;
 
 /// Whether a failed write may succeed if tried again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

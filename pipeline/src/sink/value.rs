@@ -162,6 +162,14 @@ impl ValuePath {
         Err("a payload path needs a field name".to_owned())
     }
 
+    /// The top-level payload field the path reads, if it reads the payload.
+    pub fn payload_field(&self) -> Option<&str> {
+        match self {
+            ValuePath::Payload(names) => names.first().map(String::as_str),
+            ValuePath::Envelope(_) | ValuePath::Metadata(_) => None,
+        }
+    }
+
     /// Finds the value in an event.
     pub fn lookup<'a>(
         &self,
@@ -262,6 +270,16 @@ impl<'de> Deserialize<'de> for ValuePath {
 pub enum ValueSpec {
     Path(ValuePath),
     Literal(serde_json::Value),
+}
+
+impl ValueSpec {
+    /// The top-level payload field the value reads, if it reads the payload.
+    pub fn payload_field(&self) -> Option<&str> {
+        match self {
+            ValueSpec::Path(path) => path.payload_field(),
+            ValueSpec::Literal(_) => None,
+        }
+    }
 }
 
 /// A string that reads as a path is a path; any other string, number, bool

@@ -20,7 +20,7 @@
 
 use std::collections::HashSet;
 
-use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, encode_key, skip_field};
+use prost::encoding::{WireType, encode_key};
 use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
 
 use super::Hop;
@@ -97,29 +97,19 @@ impl WirePlan {
             stepped: Vec::new(),
             carried: Vec::with_capacity(payload.len() + 8),
         };
-        let mut rest = payload;
-        while !rest.is_empty() {
-            let start = rest;
-            let (number, wire_type) = decode_key(&mut rest).ok()?;
-            let value = rest;
-            match wire_type {
-                WireType::LengthDelimited => {
-                    let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                    rest = rest.get(len..)?;
-                }
+        for record in crate::wire_check::records(payload) {
+            let record = record?;
+            match self.action(record.number)? {
                 // Groups (proto2) are left to the decoding path.
-                WireType::StartGroup | WireType::EndGroup => return None,
-                _ => skip_field(wire_type, number, &mut rest, DecodeContext::default()).ok()?,
-            }
-            let whole = &start[..start.len() - rest.len()];
-            let value = &value[..value.len() - rest.len()];
-            match self.action(number)? {
-                Action::Keep => split.carried.extend_from_slice(whole),
-                Action::Renumber(target) => {
-                    encode_key(target, wire_type, &mut split.carried);
-                    split.carried.extend_from_slice(value);
+                _ if matches!(record.wire_type, WireType::StartGroup | WireType::EndGroup) => {
+                    return None;
                 }
-                Action::Step => split.stepped.extend_from_slice(whole),
+                Action::Keep => split.carried.extend_from_slice(record.whole),
+                Action::Renumber(target) => {
+                    encode_key(target, record.wire_type, &mut split.carried);
+                    split.carried.extend_from_slice(record.value);
+                }
+                Action::Step => split.stepped.extend_from_slice(record.whole),
                 Action::Decode => return None,
             }
         }
@@ -453,6 +443,59 @@ message Box {
             matches!(decoded, Err(UpcastError::Invalid(_))),
             "{decoded:?}"
         );
+    }
+
+    #[test]
+    fn a_sink_that_names_its_fields_reads_them_as_decoding_the_whole_payload_does() {
+        let (_dir, _upcasters, registry) = kit(
+            json!([{ "from": 1, "to": 2, "steps": [{ "rename": { "from": "label", "to": "title" } }] }]),
+            &CodeSteps::default(),
+        );
+        let decoder =
+            crate::envelope::Decoder::new(registry.clone(), crate::config::UnknownFields::Reject);
+        let document = json!({
+            "eventId": "e-1", "eventType": "kit.Box", "schemaVersion": 2,
+            "aggregateId": "b-1", "occurredAt": "2026-01-02T03:04:05Z", "payload": {}
+        });
+        let mut envelope = decoder
+            .decode(
+                Some(crate::envelope::CONTENT_TYPE_JSON),
+                &serde_json::to_vec(&document).expect("json"),
+            )
+            .expect("valid");
+        // id, then both members of the oneof (the last one given wins), then
+        // a nested part.
+        let mut payload = vec![0x4a, 2, b'b', b'1', 0x2a, 1, b'x', 0x32, 1, b'y'];
+        payload.extend([0x1a, 3, 0x12, 1, b'p']);
+        let whole = DynamicMessage::decode(envelope.payload.descriptor(), payload.as_slice())
+            .expect("valid v2");
+        envelope.encoded_payload = Some(payload.into());
+        let names = ["a", "part", "absent"]
+            .map(str::to_owned)
+            .into_iter()
+            .collect();
+        envelope.decode_payload_fields(&names).expect("decodes");
+        assert!(envelope.encoded_payload.is_none());
+        let read = |message: &DynamicMessage, name: &str| {
+            message
+                .get_field_by_name(name)
+                .map(|value| value.into_owned())
+                .filter(|_| message.has_field_by_name(name))
+        };
+        for name in ["a", "b", "part"] {
+            assert_eq!(read(&envelope.payload, name), read(&whole, name), "{name}");
+        }
+        assert_eq!(
+            read(&envelope.payload, "a"),
+            None,
+            "b, given last, is the member set"
+        );
+        assert_eq!(
+            read(&envelope.payload, "id"),
+            None,
+            "not named: not decoded"
+        );
+        assert!(read(&whole, "id").is_some());
     }
 
     /// A code step that reads every field.

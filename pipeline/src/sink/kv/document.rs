@@ -8,7 +8,10 @@
 //! stream, the sequence of the last event applied to it, so an event at or
 //! below it is recognised as already applied.
 
-use std::{collections::HashMap, fmt};
+use std::{
+    collections::{BTreeSet, HashMap},
+    fmt,
+};
 
 use serde_json::{Map, Value};
 
@@ -183,6 +186,23 @@ impl Rules {
             .map(|(event_type, rule)| (event_type.clone(), Rule::from_config(rule)))
             .collect();
         Ok(Self { key, by_type })
+    }
+
+    /// The top-level payload fields the rules read.
+    pub fn payload_fields(&self) -> BTreeSet<String> {
+        let operations = self.by_type.values().flat_map(|rule| match rule {
+            Rule::Update(operations) => operations.as_slice(),
+            Rule::Delete => &[],
+        });
+        operations
+            .filter_map(|operation| match operation {
+                Operation::Set(_, value)
+                | Operation::Increment(_, value)
+                | Operation::Append { value, .. } => value.payload_field(),
+                Operation::Unset(_) => None,
+            })
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The rule for the event's type and the key it applies to; `None` when

@@ -31,7 +31,7 @@ use super::{
     document::{self, Change, Rules, invalid_key},
 };
 use crate::{
-    sink::{Applied, Event, Sink, SinkError, value::Position},
+    sink::{Applied, Event, PayloadFields, Sink, SinkError, value::Position},
     telemetry,
 };
 
@@ -51,6 +51,7 @@ pub struct KvSink {
     jetstream: jetstream::Context,
     store: kv::Store,
     rules: Rules,
+    payload_fields: PayloadFields,
     written: Mutex<HashMap<String, Cached>>,
     /// The server's `max_payload`, read once: a larger document is refused.
     max_payload: usize,
@@ -83,6 +84,7 @@ impl KvSink {
             max_payload: jetstream.client().server_info().max_payload,
             jetstream,
             store,
+            payload_fields: rules.payload_fields(),
             rules,
             written: Mutex::new(HashMap::new()),
         })
@@ -218,6 +220,10 @@ impl KvSink {
 }
 
 impl Sink for KvSink {
+    fn payload_fields(&self) -> Option<&PayloadFields> {
+        Some(&self.payload_fields)
+    }
+
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
         let Some((rule, key)) = self.rules.target(event)? else {
             return Ok(Applied::Skipped);

@@ -21,7 +21,7 @@ use super::{
 use crate::sink::with_causes;
 use crate::{
     schema::SchemaRegistry,
-    sink::{Applied, Event, Sink, SinkError},
+    sink::{Applied, Event, PayloadFields, Sink, SinkError},
 };
 
 /// Time allowed to open a connection or wait for a free one.
@@ -30,6 +30,7 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct PostgresSink {
     jobs: mpsc::Sender<Job>,
     plans: Plans,
+    payload_fields: PayloadFields,
 }
 
 /// The connection pool of sink `name`, from its `url_env` variable.
@@ -130,11 +131,19 @@ impl PostgresSink {
             max_wait: config.batch.max_wait,
         };
         tokio::spawn(writer.run(receiver));
-        Ok(Self { jobs, plans })
+        Ok(Self {
+            jobs,
+            payload_fields: plans.payload_fields(),
+            plans,
+        })
     }
 }
 
 impl Sink for PostgresSink {
+    fn payload_fields(&self) -> Option<&PayloadFields> {
+        Some(&self.payload_fields)
+    }
+
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
         let Some((statement, params)) = self.plans.bind(event)? else {
             return Ok(Applied::Skipped);

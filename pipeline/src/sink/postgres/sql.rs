@@ -4,7 +4,7 @@
 //! and the retry class of a PostgreSQL error by its SQLSTATE.
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     error::Error,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -91,6 +91,16 @@ impl Plans {
 
     pub fn statements(&self) -> &[Statement] {
         &self.statements
+    }
+
+    /// The top-level payload fields the statements' parameters read.
+    pub fn payload_fields(&self) -> BTreeSet<String> {
+        self.by_type
+            .values()
+            .flat_map(|plan| &plan.params)
+            .filter_map(|(path, _)| path.payload_field())
+            .map(str::to_owned)
+            .collect()
     }
 
     /// The index of the event's statement and its parameters; `None` when
