@@ -19,7 +19,8 @@
 //! - `pipeline`: one consumer's loop, tying the above together; it becomes
 //!   active when the server delivers to this replica, and first recovers
 //!   what a previous owner left unacked.
-//! - `telemetry`: metric names, the lag poller, `/metrics`, `/healthz`, `/readyz`.
+//! - `telemetry`: metric names, the lag poller, `/metrics`, `/healthz`,
+//!   `/readyz`; the spans per event exported over OTLP (`telemetry::traces`).
 //! - `template`: subject and key templates, checked to render what NATS takes.
 //! - `text`: outside text cut to a bounded length for errors and logs.
 //! - `cli`: the operator commands.
@@ -67,7 +68,7 @@ use crate::{
         postgres::PostgresSink,
     },
     source::SourceError,
-    telemetry::{ConsumerMetrics, Readiness},
+    telemetry::{ConsumerMetrics, Readiness, traces::Traces},
     upcast::{CodeSteps, Upcasters},
 };
 
@@ -96,6 +97,8 @@ pub enum RunError {
     },
     #[error("metrics endpoint: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Traces(#[from] telemetry::traces::TracesError),
     /// A rebuild that cannot go on (the consumer is held, the bucket
     /// cannot be purged).
     #[error("{0}")]
@@ -119,6 +122,7 @@ impl RunError {
             | RunError::Membership(_)
             | RunError::Sink { .. }
             | RunError::Metrics(_)
+            | RunError::Traces(_)
             | RunError::Replay(_) => 1,
         }
     }
@@ -240,8 +244,42 @@ pub(crate) async fn run_inner(
         RunError::Metrics(format!("cannot listen on {}: {err}", config.metrics.listen))
     })?;
     tracing::info!(address = %address, "Metrics endpoint listening");
+    // Built on the runtime: its batch exporter is a task.
+    let traces = config.tracing.as_ref().map(Traces::start).transpose()?;
+    if let Some(tracing) = &config.tracing {
+        tracing::info!(endpoint = %tracing.traces_url, "Exporting traces over OTLP");
+    }
 
-    let client = nats::connect(&config.nats, Arc::clone(&readiness)).await?;
+    let result = run_consumers(
+        &prepared,
+        &custom_sinks,
+        replication,
+        &readiness,
+        &shutdown,
+        traces.as_ref(),
+    )
+    .await;
+    // It holds nothing to settle.
+    upkeep.abort();
+    // The spans of the events settled last are exported before returning,
+    // also when a consumer could not start.
+    if let Some(traces) = traces {
+        traces.shutdown().await;
+    }
+    result
+}
+
+/// Connects, starts one loop per consumer and waits for them all.
+async fn run_consumers(
+    prepared: &Prepared,
+    custom_sinks: &CustomSinks,
+    replication: Replication,
+    readiness: &Arc<Readiness>,
+    shutdown: &CancellationToken,
+    traces: Option<&Traces>,
+) -> Result<(), RunError> {
+    let config = &prepared.config;
+    let client = nats::connect(&config.nats, Arc::clone(readiness)).await?;
     let jetstream = async_nats::jetstream::new(client.clone());
     let dead_letters = DeadLetters::new(
         jetstream.clone(),
@@ -249,17 +287,18 @@ pub(crate) async fn run_inner(
         &config.dead_letter.subject_prefix,
     );
     dead_letters.ensure_stream().await?;
-    let replicas = Replicas::start(config, &jetstream, &shutdown, replication).await?;
+    let replicas = Replicas::start(config, &jetstream, shutdown, replication).await?;
 
     let mut consumers = JoinSet::new();
     for (sink_name, sink) in &config.sinks {
         let spawn = SpawnContext {
-            prepared: &prepared,
+            prepared,
             jetstream: &jetstream,
             dead_letters: &dead_letters,
-            readiness: &readiness,
-            shutdown: &shutdown,
+            readiness,
+            shutdown,
             replicas: &replicas,
+            traces,
         };
         let sink_error = |source| RunError::Sink {
             sink: sink_name.clone(),
@@ -314,7 +353,7 @@ pub(crate) async fn run_inner(
         jetstream.clone(),
         config.pipelines.clone(),
         config.metrics.lag_poll_interval,
-        Arc::clone(&readiness),
+        Arc::clone(readiness),
         shutdown.clone(),
     ));
 
@@ -332,9 +371,8 @@ pub(crate) async fn run_inner(
             Err(join_error) => tracing::error!(error = %join_error, "Consumer task panicked"),
         }
     }
-    // Both hold nothing to settle.
+    // It holds nothing to settle.
     poller.abort();
-    upkeep.abort();
     // The lease goes last: the consumers have handed back their partitions.
     replicas.stop().await;
     // Pending acks and nak's are flushed before the connection goes.
@@ -352,6 +390,7 @@ struct SpawnContext<'a> {
     readiness: &'a Arc<Readiness>,
     shutdown: &'a CancellationToken,
     replicas: &'a Replicas,
+    traces: Option<&'a Traces>,
 }
 
 impl SpawnContext<'_> {
@@ -404,6 +443,9 @@ impl SpawnContext<'_> {
                 owned: self.replicas.owned.get(&spec.durable_name).cloned(),
                 active_set: self.replicas.active.clone(),
                 partition_mismatch: Default::default(),
+                tracer: self
+                    .traces
+                    .map(|traces| traces.consumer(&spec.source, sink_name)),
             });
             consumers.spawn(pipeline.run(self.jetstream.clone(), self.shutdown.clone()));
         }

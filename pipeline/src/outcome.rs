@@ -45,6 +45,15 @@ impl Outcome {
             Outcome::DeadLetter { .. } => Settled::DeadLettered,
         }
     }
+
+    /// What was done, once carried out with `completion`: a dead letter
+    /// that could not be stored was nak'd, and counts as retried.
+    pub fn settled_as(&self, completion: Completion) -> Settled {
+        match (self, completion) {
+            (Outcome::DeadLetter { .. }, Completion::Retrying) => Settled::Retried,
+            _ => self.settled(),
+        }
+    }
 }
 
 /// Turns a sink's answer into an outcome, given the attempt number (the
@@ -107,13 +116,8 @@ impl Settler<'_> {
         outcome: &Outcome,
     ) -> Completion {
         let completion = self.carry_out(delivery, outcome).await;
-        let done = match (outcome, completion) {
-            // The dead letter could not be stored: the event was nak'd and
-            // comes back, so it counts as retried.
-            (Outcome::DeadLetter { .. }, Completion::Retrying) => Settled::Retried,
-            _ => outcome.settled(),
-        };
-        self.metrics.event(event_type, done);
+        self.metrics
+            .event(event_type, outcome.settled_as(completion));
         completion
     }
 

@@ -10,7 +10,11 @@
 //! deliveries the previous process left unacked have come back, so an
 //! aggregate's order survives the crash.
 
-use std::{collections::HashSet, sync::Arc, time::Duration};
+use std::{
+    collections::HashSet,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use async_nats::jetstream::consumer::PullConsumer;
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
@@ -26,7 +30,10 @@ use crate::{
     route::Router,
     sink::{Event, Sink, SinkError},
     source::{self, Delivery, HeldBytes, SourceError},
-    telemetry::{ConsumerMetrics, Readiness},
+    telemetry::{
+        ConsumerMetrics, Readiness,
+        traces::{ConsumerTracer, EventTrace},
+    },
     text,
     upcast::Upcasters,
 };
@@ -58,6 +65,8 @@ pub struct Pipeline<S> {
     /// Whether the server's partition of an event has disagreed with its
     /// aggregate id's (warned once).
     pub partition_mismatch: std::sync::atomic::AtomicBool,
+    /// Spans per event, with `tracing` on; `None` costs an event nothing.
+    pub tracer: Option<ConsumerTracer>,
 }
 
 /// Deliveries taken from the pull stream in one go once one has arrived:
@@ -76,14 +85,14 @@ const PULL_EXPIRY_SLACK: Duration = Duration::from_millis(500);
 #[allow(clippy::large_enum_variant)]
 enum Work {
     Apply(Event),
-    Reject(Delivery, DecodeError),
+    Reject(Delivery, DecodeError, Option<Box<EventTrace>>),
 }
 
 impl Work {
     fn delivery(&self) -> &Delivery {
         match self {
             Work::Apply(event) => &event.delivery,
-            Work::Reject(delivery, _) => delivery,
+            Work::Reject(delivery, ..) => delivery,
         }
     }
 }
@@ -651,6 +660,8 @@ impl<S: Sink> Pipeline<S> {
             self.skip(&delivery, &event_type).await;
             return;
         }
+        // Clock reads for the decode span only with tracing on.
+        let decode_started = self.tracer.as_ref().map(|_| SystemTime::now());
         let decoded = Encoding::from_content_type(delivery.content_type()).and_then(|encoding| {
             // A payload is only validated where it reaches the sink's
             // version without decoding: a sink that writes bytes then
@@ -677,6 +688,7 @@ impl<S: Sink> Pipeline<S> {
             let envelope = self.decoder.decode_for(encoding, &delivery.body, need)?;
             Ok((envelope, encoding))
         });
+        let decode_time = decode_started.map(|started| (started, SystemTime::now()));
         match decoded {
             Ok((envelope, encoding)) => {
                 self.check_partition(&delivery.subject, &envelope.aggregate_id);
@@ -701,10 +713,12 @@ impl<S: Sink> Pipeline<S> {
                     }
                     tracing::info!(consumer = %self.spec.durable_name, stream_seq = seq, "Aggregate unparked by a redriven event");
                 }
+                let trace = self.trace(&delivery, decode_time, Ok(&envelope));
                 let work = Work::Apply(Event {
                     envelope,
                     delivery,
                     original: Some(encoding),
+                    trace,
                 });
                 // A duplicate of an event in flight is dropped: the running
                 // one settles it.
@@ -720,9 +734,22 @@ impl<S: Sink> Pipeline<S> {
                     return;
                 }
                 self.metrics.validation_failure(error.reason());
-                let _ = lanes.admit(None, seq, Work::Reject(delivery, error));
+                let trace = self.trace(&delivery, decode_time, Err(error.reason().as_str()));
+                let _ = lanes.admit(None, seq, Work::Reject(delivery, error, trace));
             }
         }
+    }
+
+    /// The spans of an event this consumer applies or dead-letters, opened
+    /// once it is decoded (`decode_time` is `None` with tracing off).
+    fn trace(
+        &self,
+        delivery: &Delivery,
+        decode_time: Option<(SystemTime, SystemTime)>,
+        decoded: Result<&envelope::Envelope, &str>,
+    ) -> Option<Box<EventTrace>> {
+        let (tracer, decode_time) = self.tracer.as_ref().zip(decode_time)?;
+        Some(tracer.event(delivery, decode_time, decoded))
     }
 
     /// Whether the delivery's aggregate is in this consumer's partition;
@@ -784,14 +811,14 @@ impl<S: Sink> Pipeline<S> {
     /// Applies one event (or dead-letters it) and settles its delivery;
     /// `key` is its lane's (the aggregate id with `per_key` ordering).
     async fn process(&self, work: Work, dispatch: Dispatch, key: Option<&str>) -> Completion {
-        let (delivery, event_type, outcome) = match (work, dispatch) {
-            (Work::Reject(delivery, error), _) => {
+        let (delivery, event_type, outcome, trace) = match (work, dispatch) {
+            (Work::Reject(delivery, error, trace), _) => {
                 let event_type = error.event_type().unwrap_or_default().to_owned();
                 let outcome = Outcome::DeadLetter {
                     reason: error.reason(),
                     error: error.to_string(),
                 };
-                (delivery, event_type, outcome)
+                (delivery, event_type, outcome, trace)
             }
             (Work::Apply(event), Dispatch::Park) => {
                 let outcome = Outcome::DeadLetter {
@@ -801,15 +828,28 @@ impl<S: Sink> Pipeline<S> {
                         event.envelope.aggregate_id
                     ),
                 };
-                (event.delivery, event.envelope.event_type, outcome)
+                (
+                    event.delivery,
+                    event.envelope.event_type,
+                    outcome,
+                    event.trace,
+                )
             }
             (Work::Apply(mut event), Dispatch::Apply) => {
                 // Upcast here rather than at decode: each sink has its own
                 // target version, and a failure is this sink's dead letter.
-                let outcome = match self
+                let upcast_started = event.trace.as_ref().map(|_| SystemTime::now());
+                let upcast = self
                     .upcasters
-                    .upcast(&mut event.envelope, self.schema_version)
-                {
+                    .upcast(&mut event.envelope, self.schema_version);
+                if let (Some(trace), Some(started)) = (event.trace.as_deref(), upcast_started) {
+                    match &upcast {
+                        Ok(None) => {}
+                        Ok(Some(hop)) => trace.upcast(started, Ok(*hop)),
+                        Err(error) => trace.upcast(started, Err(&error.to_string())),
+                    }
+                }
+                let outcome = match upcast {
                     Ok(upcast) => {
                         if let Some((from, _)) = upcast {
                             self.metrics.upcast(&event.envelope.event_type, from);
@@ -826,7 +866,7 @@ impl<S: Sink> Pipeline<S> {
                             event.envelope.decode_payload()
                         };
                         match readable {
-                            Ok(()) => self.apply(&event).await,
+                            Ok(()) => self.apply(&mut event).await,
                             Err(error) => Outcome::DeadLetter {
                                 reason: DeadLetterReason::InvalidPayload,
                                 error: format!("the payload does not decode: {error}"),
@@ -838,7 +878,12 @@ impl<S: Sink> Pipeline<S> {
                         error: error.to_string(),
                     },
                 };
-                (event.delivery, event.envelope.event_type, outcome)
+                (
+                    event.delivery,
+                    event.envelope.event_type,
+                    outcome,
+                    event.trace,
+                )
             }
         };
         let parks = matches!(
@@ -869,6 +914,9 @@ impl<S: Sink> Pipeline<S> {
             .settler()
             .settle(&delivery, &event_type, &outcome)
             .await;
+        if let Some(trace) = trace {
+            trace.finish(&outcome, outcome.settled_as(completion));
+        }
         match completion {
             Completion::Done if parks => Completion::DoneAndPark,
             other => other,
@@ -876,24 +924,33 @@ impl<S: Sink> Pipeline<S> {
     }
 
     /// Calls the sink, extending the ack deadline while it works.
-    async fn apply(&self, event: &Event) -> Outcome {
+    async fn apply(&self, event: &mut Event) -> Outcome {
+        if let Some(trace) = event.trace.as_mut() {
+            trace.start_write();
+        }
         let started = std::time::Instant::now();
-        // A panic in a sink stays this event's failure: the futures share
-        // the consumer's task, which would otherwise die with it.
-        let write = std::panic::AssertUnwindSafe(self.sink.apply(event)).catch_unwind();
-        tokio::pin!(write);
-        let result = loop {
-            // A timer per event only while it is being written, in place:
-            // no allocation, and only slow writes ever see it fire.
-            tokio::select! {
-                biased;
-                result = &mut write => break result.unwrap_or_else(|panic| Err(SinkError::Panicked(panic_message(panic.as_ref())))),
-                _ = tokio::time::sleep(self.progress_interval()) => {
-                    outcome::progress(&self.client, &event.delivery).await;
+        let result = {
+            let event = &*event;
+            // A panic in a sink stays this event's failure: the futures share
+            // the consumer's task, which would otherwise die with it.
+            let write = std::panic::AssertUnwindSafe(self.sink.apply(event)).catch_unwind();
+            tokio::pin!(write);
+            loop {
+                // A timer per event only while it is being written, in place:
+                // no allocation, and only slow writes ever see it fire.
+                tokio::select! {
+                    biased;
+                    result = &mut write => break result.unwrap_or_else(|panic| Err(SinkError::Panicked(panic_message(panic.as_ref())))),
+                    _ = tokio::time::sleep(self.progress_interval()) => {
+                        outcome::progress(&self.client, &event.delivery).await;
+                    }
                 }
             }
         };
         self.metrics.sink_duration(started.elapsed());
+        if let Some(trace) = event.trace.as_mut() {
+            trace.end_write(&result);
+        }
         match &result {
             Ok(_) => {
                 let age = time::OffsetDateTime::now_utc() - event.delivery.published;

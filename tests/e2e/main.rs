@@ -23,4 +23,5 @@ mod replay;
 mod replicas;
 mod schema_diff;
 mod security;
+mod traces;
 mod upcast;

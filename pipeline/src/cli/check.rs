@@ -105,6 +105,13 @@ pub fn summary(prepared: &Prepared) -> String {
         "dead letters: stream {} subjects {}.>",
         config.dead_letter.stream, config.dead_letter.subject_prefix
     );
+    if let Some(tracing) = &config.tracing {
+        let _ = writeln!(
+            out,
+            "traces: OTLP to {} as {}, sample_ratio {}",
+            tracing.traces_url, tracing.service_name, tracing.sample_ratio
+        );
+    }
     upcasters(&mut out, prepared);
     out
 }

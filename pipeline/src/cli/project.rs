@@ -456,6 +456,7 @@ impl Projector<'_> {
             envelope,
             delivery,
             original: Some(Encoding::Json),
+            trace: None,
         };
         match self
             .prepared

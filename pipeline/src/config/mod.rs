@@ -78,6 +78,8 @@ pub struct Config {
     pub dead_letter: raw::DeadLetterConfig,
     pub metrics: MetricsSettings,
     pub limits: raw::LimitsConfig,
+    /// Traces over OTLP; `None`: off, and the pipeline pays nothing for them.
+    pub tracing: Option<TracingSettings>,
     /// Upcaster chains per event type, as written under `upcasters:`.
     pub upcasters: BTreeMap<String, serde_json::Value>,
     /// One entry per (source, sink) pair that some route connects.
@@ -178,6 +180,15 @@ impl RetryPolicy {
         let index = (attempt.max(1) as usize - 1).min(self.backoff.len().saturating_sub(1));
         self.backoff.get(index).copied().unwrap_or_default()
     }
+}
+
+/// Checked `tracing:` settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TracingSettings {
+    /// Where spans are POSTed: `<otlp_endpoint>/v1/traces`.
+    pub traces_url: reqwest::Url,
+    pub service_name: String,
+    pub sample_ratio: f64,
 }
 
 #[derive(Debug, Clone)]

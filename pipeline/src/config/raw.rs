@@ -59,6 +59,9 @@ pub struct RawConfig {
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Traces exported over OTLP: off when the block is absent.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
     /// Upcaster chains per event type (checked against the schemas at start-up).
     #[serde(default)]
     pub upcasters: BTreeMap<String, serde_json::Value>,
@@ -388,6 +391,31 @@ fn default_metrics_listen() -> String {
 
 fn default_lag_poll_interval() -> Duration {
     Duration::from_secs(5)
+}
+
+/// Traces (`tracing:`): a span per event and sink, with its decode,
+/// upcast and sink write as children, sent to an OTLP/HTTP collector.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// The collector's OTLP/HTTP base URL (`http://collector:4318`):
+    /// spans are POSTed as protobuf to `<otlp_endpoint>/v1/traces`.
+    pub otlp_endpoint: String,
+    /// `service.name` of the exported spans.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// The share of events without a `traceparent` that start a sampled
+    /// trace, 0.0 to 1.0; an event with one follows its sampled flag.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: f64,
+}
+
+fn default_service_name() -> String {
+    "jetline".to_owned()
+}
+
+fn default_sample_ratio() -> f64 {
+    1.0
 }
 
 /// Bounds that keep one message, or a backlog of large ones, from making

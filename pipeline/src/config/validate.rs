@@ -9,8 +9,11 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, Partitioning,
-    PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec,
-    raw::{self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS, SINK_TYPES},
+    PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec, TracingSettings,
+    raw::{
+        self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS, SINK_TYPES,
+        TracingConfig,
+    },
 };
 use crate::template::{Template, is_valid_subject, is_valid_subject_pattern};
 
@@ -185,6 +188,10 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
     }
 
     check_limits(&mut errors, &raw.limits);
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .and_then(|tracing| check_tracing(&mut errors, tracing));
 
     if !errors.is_empty() {
         return Err(ConfigErrors(errors));
@@ -202,6 +209,7 @@ pub fn validate(raw: RawConfig) -> Result<Config, ConfigErrors> {
             lag_poll_interval: raw.metrics.lag_poll_interval,
         },
         limits: raw.limits,
+        tracing,
         upcasters: raw.upcasters,
         pipelines,
         locator: Default::default(),
@@ -229,6 +237,72 @@ fn check_limits(errors: &mut Vec<ConfigError>, limits: &LimitsConfig) {
             ),
         ));
     }
+}
+
+/// The OTLP path of traces, appended to `tracing.otlp_endpoint` as the
+/// OpenTelemetry exporters do with `OTEL_EXPORTER_OTLP_ENDPOINT`.
+const OTLP_TRACES_PATH: &str = "v1/traces";
+
+fn check_tracing(
+    errors: &mut Vec<ConfigError>,
+    tracing: &TracingConfig,
+) -> Option<TracingSettings> {
+    let before = errors.len();
+    let traces_url = match reqwest::Url::parse(&tracing.otlp_endpoint) {
+        Err(error) => {
+            errors.push(ConfigError::new(
+                "tracing.otlp_endpoint",
+                format!("invalid URL {:?}: {error}", tracing.otlp_endpoint),
+            ));
+            None
+        }
+        Ok(url) if !matches!(url.scheme(), "http" | "https") || !url.has_host() => {
+            errors.push(ConfigError::new(
+                "tracing.otlp_endpoint",
+                format!(
+                    "expected an http or https URL with a host, {:?}",
+                    tracing.otlp_endpoint
+                ),
+            ));
+            None
+        }
+        Ok(url) if url.password().is_some() => {
+            errors.push(ConfigError::new(
+                "tracing.otlp_endpoint",
+                "must not hold a password",
+            ));
+            None
+        }
+        Ok(url) if url.query().is_some() || url.fragment().is_some() => {
+            errors.push(ConfigError::new(
+                "tracing.otlp_endpoint",
+                "a base URL takes no query or fragment (spans go to <otlp_endpoint>/v1/traces)",
+            ));
+            None
+        }
+        Ok(mut url) => {
+            let path = format!("{}/{OTLP_TRACES_PATH}", url.path().trim_end_matches('/'));
+            url.set_path(&path);
+            Some(url)
+        }
+    };
+    if tracing.service_name.trim().is_empty() {
+        errors.push(ConfigError::new(
+            "tracing.service_name",
+            "must not be empty",
+        ));
+    }
+    if !(0.0..=1.0).contains(&tracing.sample_ratio) {
+        errors.push(ConfigError::new(
+            "tracing.sample_ratio",
+            format!("must be between 0.0 and 1.0, not {}", tracing.sample_ratio),
+        ));
+    }
+    (errors.len() == before).then_some(TracingSettings {
+        traces_url: traces_url?,
+        service_name: tracing.service_name.clone(),
+        sample_ratio: tracing.sample_ratio,
+    })
 }
 
 /// A block that takes no keys of its own.
@@ -939,6 +1013,79 @@ consumers:
             out.push_str(replacement);
         }
         out
+    }
+
+    #[test]
+    fn tracing_is_off_unless_configured_and_checked_when_it_is() {
+        assert_eq!(load_str(GOOD).expect("valid").tracing, None);
+        let on = load_str(&format!(
+            "{GOOD}tracing: {{ otlp_endpoint: 'http://127.0.0.1:4318/' }}\n"
+        ))
+        .expect("valid");
+        let tracing = on.tracing.expect("on");
+        assert_eq!(
+            tracing.traces_url.as_str(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            (tracing.service_name.as_str(), tracing.sample_ratio),
+            ("jetline", 1.0)
+        );
+        let prefixed = load_str(&format!(
+            "{GOOD}tracing: {{ otlp_endpoint: 'https://collector/otel', service_name: orders, sample_ratio: 0.25 }}\n"
+        ))
+        .expect("valid")
+        .tracing
+        .expect("on");
+        assert_eq!(
+            prefixed.traces_url.as_str(),
+            "https://collector/otel/v1/traces"
+        );
+        assert_eq!(
+            (prefixed.service_name.as_str(), prefixed.sample_ratio),
+            ("orders", 0.25)
+        );
+
+        let cases = [
+            ("{ otlp_endpoint: 'not a url' }", "tracing.otlp_endpoint"),
+            (
+                "{ otlp_endpoint: 'grpc://collector:4317' }",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "{ otlp_endpoint: 'http://u:p@collector:4318' }",
+                "tracing.otlp_endpoint",
+            ),
+            (
+                "{ otlp_endpoint: 'http://collector:4318?x=1' }",
+                "tracing.otlp_endpoint",
+            ),
+            // The missing key is named in the message of its block's error.
+            ("{ service_name: jetline }", "tracing"),
+            (
+                "{ otlp_endpoint: 'http://c:4318', service_name: ' ' }",
+                "tracing.service_name",
+            ),
+            (
+                "{ otlp_endpoint: 'http://c:4318', sample_ratio: 1.5 }",
+                "tracing.sample_ratio",
+            ),
+            (
+                "{ otlp_endpoint: 'http://c:4318', sample_ratio: -0.1 }",
+                "tracing.sample_ratio",
+            ),
+            (
+                "{ otlp_endpoint: 'http://c:4318', colour: blue }",
+                "tracing.colour",
+            ),
+        ];
+        for (block, expected_path) in cases {
+            let errors = load_str(&format!("{GOOD}tracing: {block}\n")).expect_err(block);
+            assert!(
+                errors.0.iter().any(|e| e.path == expected_path),
+                "{block}: got {errors}"
+            );
+        }
     }
 
     #[test]

@@ -20,9 +20,6 @@ use crate::{
     template::Template,
 };
 
-/// Headers copied from the source message when present (W3C trace context).
-pub const CARRIED_HEADERS: &[&str] = &["traceparent", "tracestate", "baggage"];
-
 /// Header names written on each published event.
 pub mod header {
     pub const EVENT_TYPE: &str = "Jetline-Event-Type";
@@ -91,12 +88,8 @@ impl Publication {
         let mut headers = HeaderMap::new();
         headers.insert(NATS_MESSAGE_ID, envelope.event_id.as_str());
         headers.insert(name("Content-Type"), self.encoding.content_type());
-        if let Some(source) = &event.delivery.headers {
-            for &carried in CARRIED_HEADERS {
-                if let Some(value) = source.get(name(carried)) {
-                    headers.insert(name(carried), value.as_str());
-                }
-            }
+        for (carried, value) in event.trace_headers() {
+            headers.insert(name(carried), value);
         }
         if self.header_set == HeaderSet::Minimal {
             return headers;

@@ -22,6 +22,7 @@ use crate::{
     envelope::{Encoding, Envelope, NoJsonForm},
     schema::SchemaRegistry,
     source::Delivery,
+    telemetry::traces::{EventTrace, TRACEPARENT, TRACESTATE},
     template::TemplateError,
 };
 
@@ -35,12 +36,45 @@ pub struct Event {
     /// what that body holds (not upcast): a sink writing that encoding can
     /// pass the original bytes through instead of encoding again.
     pub original: Option<Encoding>,
+    /// The event's spans, with `tracing` on; `None` (nothing allocated)
+    /// with it off.
+    pub trace: Option<Box<EventTrace>>,
 }
+
+/// The W3C trace-context headers: carried from the source message to the
+/// sinks that send headers on (JetStream, HTTP).
+pub const CARRIED_HEADERS: [&str; 3] = [TRACEPARENT, TRACESTATE, BAGGAGE];
+
+const BAGGAGE: &str = "baggage";
 
 impl Event {
     /// The source bytes, when they are this event in `encoding` as it is now.
     pub fn original_body(&self, encoding: Encoding) -> Option<&bytes::Bytes> {
         (self.original == Some(encoding)).then_some(&self.delivery.body)
+    }
+
+    /// The trace-context headers a sink sends on, by name: with tracing on,
+    /// the `traceparent` (and `tracestate`) of the sink write's span, in the
+    /// source's trace; with it off, the source message's own headers as
+    /// they came. `baggage` is the source's either way.
+    pub fn trace_headers(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        let source = |name: &'static str| {
+            let value = self
+                .delivery
+                .headers
+                .as_ref()?
+                .get(async_nats::HeaderName::from_static(name))?;
+            Some((name, value.as_str()))
+        };
+        let headers = match self.trace.as_deref().and_then(EventTrace::carried) {
+            Some(carried) => [
+                Some((TRACEPARENT, carried.traceparent.as_str())),
+                Some((TRACESTATE, carried.tracestate.as_str())).filter(|(_, v)| !v.is_empty()),
+                source(BAGGAGE),
+            ],
+            None => CARRIED_HEADERS.map(source),
+        };
+        headers.into_iter().flatten()
     }
 }
 

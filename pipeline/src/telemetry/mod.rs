@@ -1,11 +1,13 @@
 //! Every metric name in one place, with its help text and the helpers that
-//! record it; the lag poller (`lag.rs`) and the HTTP endpoints (`http.rs`).
+//! record it; the lag poller (`lag.rs`), the HTTP endpoints (`http.rs`) and
+//! the traces exported over OTLP (`traces.rs`).
 //!
 //! Labels are bounded (source, sink, consumer, event_type, reason, outcome):
 //! never a subject, key or event id.
 
 pub mod http;
 pub mod lag;
+pub mod traces;
 
 use std::{
     sync::atomic::{AtomicBool, AtomicUsize, Ordering},

@@ -1,7 +1,7 @@
 //! The test harness: a real nats-server per test, Jetline in-process or as the
 //! built binary, event builders and stream readers; PostgreSQL and a local
-//! webhook server for the read-model sinks; certificates and NATS
-//! credentials for the security tests.
+//! webhook server for the read-model sinks; an OTLP receiver for traces;
+//! certificates and NATS credentials for the security tests.
 
 #![allow(dead_code)]
 
@@ -13,6 +13,7 @@ pub mod events;
 pub mod flaky;
 pub mod http;
 pub mod nats;
+pub mod otlp;
 pub mod postgres;
 pub mod prometheus;
 pub mod sinks;
@@ -30,6 +31,7 @@ pub use events::*;
 pub use flaky::*;
 pub use http::*;
 pub use nats::*;
+pub use otlp::*;
 pub use postgres::*;
 pub use prometheus::*;
 pub use sinks::*;

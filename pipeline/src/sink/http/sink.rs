@@ -16,11 +16,7 @@ use reqwest::{
 };
 
 use super::config::{HttpSinkConfig, check_url};
-use crate::sink::{
-    Applied, Event, Sink, SinkError,
-    jetstream::{CARRIED_HEADERS, header},
-    value::ValueError,
-};
+use crate::sink::{Applied, Event, Sink, SinkError, jetstream::header, value::ValueError};
 
 pub const IDEMPOTENCY_KEY: &str = "Idempotency-Key";
 
@@ -123,10 +119,7 @@ pub fn request_headers(configured: &HeaderMap, event: &Event) -> Result<HeaderMa
         (header::SOURCE_STREAM, event.delivery.stream.as_ref()),
         (header::SOURCE_SEQ, seq.as_str()),
     ];
-    let carried = CARRIED_HEADERS.iter().filter_map(|name| {
-        let value = event.delivery.headers.as_ref()?.get(*name)?;
-        Some((*name, value.as_str()))
-    });
+    let carried = event.trace_headers();
     // A value that cannot be a header (a control character) is left out
     // rather than failing the event.
     for (name, value) in optional.into_iter().chain(carried) {
