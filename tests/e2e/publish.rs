@@ -300,3 +300,22 @@ async fn a_subject_no_stream_captures_is_named_with_what_was_published() {
         expecting.stderr
     );
 }
+
+#[test]
+fn an_invalid_line_is_named_by_its_line_in_the_input_blank_lines_counted() {
+    let config = root().join("config/jetline.yaml");
+    let valid = serde_json::to_string(&order("e-1", "o-1")).expect("json");
+    let input = format!("{valid}\n\n   \n{{\"eventId\": 7}}\n");
+    let (code, _, stderr) = jetline_cli(
+        &[
+            "publish",
+            "--config",
+            config.to_str().expect("utf-8 path"),
+            "--subject",
+            "orders.{aggregate_id}",
+        ],
+        &input,
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("line 4:"), "{stderr}");
+}

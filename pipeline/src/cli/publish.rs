@@ -214,8 +214,7 @@ pub async fn run(
         WireFormat::Json => Encoding::Json,
     };
     let mut outgoing = Vec::new();
-    for (index, line) in read_lines(args.file.as_deref())?.into_iter().enumerate() {
-        let number = index + 1;
+    for (number, line) in read_lines(args.file.as_deref())? {
         let mut headers = HeaderMap::new();
         let (target, body) = if args.raw {
             headers.insert("Content-Type", CONTENT_TYPE_JSON);
@@ -232,7 +231,7 @@ pub async fn run(
             headers.insert("Nats-Msg-Id", envelope.event_id.as_str());
             let body = envelope
                 .encode(encoding)
-                .map_err(|err| RunError::Usage(format!("line {}: {err}", number + 1)))?;
+                .map_err(|err| RunError::Usage(format!("line {number}: {err}")))?;
             (target, body)
         };
         outgoing.push(Outgoing {
@@ -548,7 +547,9 @@ async fn subject_state(
     Ok(SubjectState { last_seq, count })
 }
 
-fn read_lines(file: Option<&std::path::Path>) -> Result<Vec<String>, RunError> {
+/// The input's lines that are not blank, each with its number in the
+/// input (from 1), so that messages name the line an editor shows.
+fn read_lines(file: Option<&std::path::Path>) -> Result<Vec<(usize, String)>, RunError> {
     let read_error = |err: std::io::Error| RunError::Usage(format!("cannot read input: {err}"));
     let lines: Vec<String> = match file {
         Some(path) => std::fs::read_to_string(path)
@@ -564,7 +565,9 @@ fn read_lines(file: Option<&std::path::Path>) -> Result<Vec<String>, RunError> {
     };
     Ok(lines
         .into_iter()
-        .filter(|line| !line.trim().is_empty())
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .map(|(index, line)| (index + 1, line))
         .collect())
 }
 
