@@ -412,42 +412,11 @@ impl Decoder {
 fn schema_version_fits(body: &[u8]) -> bool {
     use prost::encoding::{WireType, decode_varint};
     let tag = ENVELOPE_TAGS.schema_version;
-    top_level_fields(body).all(|field| match field {
-        Ok((number, WireType::Varint, mut value)) if number == tag => {
-            decode_varint(&mut value).is_ok_and(|version| version <= u64::from(u32::MAX))
+    wire_check::records(body).all(|record| match record {
+        Some(mut record) if record.number == tag && record.wire_type == WireType::Varint => {
+            decode_varint(&mut record.content).is_ok_and(|version| version <= u64::from(u32::MAX))
         }
         _ => true,
-    })
-}
-
-/// The top-level fields of a binary envelope in order, nested ones
-/// unread: each field's number, wire type and bytes (a varint's own, a
-/// length-delimited field's content); an `Err` where the bytes stop
-/// parsing, and nothing after it.
-fn top_level_fields(
-    mut rest: &[u8],
-) -> impl Iterator<Item = Result<(u32, prost::encoding::WireType, &[u8]), ()>> {
-    use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
-    let mut failed = false;
-    std::iter::from_fn(move || {
-        if failed || rest.is_empty() {
-            return None;
-        }
-        let mut next = || {
-            let (number, wire_type) = decode_key(&mut rest).ok()?;
-            if wire_type == WireType::LengthDelimited {
-                let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                let value = rest.get(..len)?;
-                rest = &rest[len..];
-                return Some((number, wire_type, value));
-            }
-            let start = rest;
-            skip_field(wire_type, number, &mut rest, DecodeContext::default()).ok()?;
-            Some((number, wire_type, &start[..start.len() - rest.len()]))
-        };
-        let field = next();
-        failed = field.is_none();
-        Some(field.ok_or(()))
     })
 }
 
@@ -534,10 +503,10 @@ pub fn aggregate_id<'a>(content_type: Option<&str>, body: &'a [u8]) -> Option<Co
 fn binary_aggregate_id(body: &[u8]) -> Option<&str> {
     let tag = ENVELOPE_TAGS.aggregate_id;
     let mut found = "";
-    for field in top_level_fields(body) {
-        let (number, wire_type, value) = field.ok()?;
-        if number == tag && wire_type == prost::encoding::WireType::LengthDelimited {
-            found = std::str::from_utf8(value).ok()?;
+    for record in wire_check::records(body) {
+        let record = record?;
+        if record.number == tag && record.wire_type == prost::encoding::WireType::LengthDelimited {
+            found = std::str::from_utf8(record.content).ok()?;
         }
     }
     Some(found)

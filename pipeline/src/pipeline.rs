@@ -667,23 +667,16 @@ impl<S: Sink> Pipeline<S> {
             // version without decoding: a sink that writes bytes then
             // takes it as it is; one that reads fields has them decoded at
             // its version (`process`), only those it names where it does.
-            let passes_through = self.sink.passes_through(encoding);
-            let need = |event_type: &str, version: u32| {
-                let on_wire = || {
-                    self.upcasters
-                        .needs_no_decoding(event_type, version, self.schema_version)
-                };
-                let upcast = || {
-                    self.upcasters
-                        .target_version(event_type, self.schema_version)
-                        .is_ok_and(|target| target != version)
-                };
-                let names_fields = self.sink.payload_fields().is_some();
-                if (passes_through || names_fields || upcast()) && on_wire() {
-                    PayloadNeed::Valid
-                } else {
-                    PayloadNeed::Message
-                }
+            let takes_encoded =
+                self.sink.passes_through(encoding) || self.sink.payload_fields().is_some();
+            let need = |event_type: &str, version: u32| match self.upcasters.on_wire(
+                event_type,
+                version,
+                self.schema_version,
+            ) {
+                Some(true) => PayloadNeed::Valid,
+                Some(false) if takes_encoded => PayloadNeed::Valid,
+                _ => PayloadNeed::Message,
             };
             let envelope = self.decoder.decode_for(encoding, &delivery.body, need)?;
             Ok((envelope, encoding))

@@ -148,6 +148,8 @@ pub struct FieldRecord<'a> {
     pub whole: &'a [u8],
     /// The record after its key (a length-delimited one's length included).
     pub value: &'a [u8],
+    /// What the record holds: a length-delimited one's bytes, else `value`.
+    pub content: &'a [u8],
 }
 
 /// The top-level field records of `bytes` in order, nested ones unread;
@@ -163,17 +165,21 @@ pub fn records(mut rest: &[u8]) -> impl Iterator<Item = Option<FieldRecord<'_>>>
             let start = rest;
             let (number, wire_type) = decode_key(&mut rest).ok()?;
             let value = rest;
-            if wire_type == WireType::LengthDelimited {
+            let content = if wire_type == WireType::LengthDelimited {
                 let len = usize::try_from(decode_varint(&mut rest).ok()?).ok()?;
-                rest = rest.get(len..)?;
+                let content = rest.get(..len)?;
+                rest = &rest[len..];
+                content
             } else {
                 skip_field(wire_type, number, &mut rest, DecodeContext::default()).ok()?;
-            }
+                &value[..value.len() - rest.len()]
+            };
             Some(FieldRecord {
                 number,
                 wire_type,
                 whole: &start[..start.len() - rest.len()],
                 value: &value[..value.len() - rest.len()],
+                content,
             })
         };
         let record = next();

@@ -282,9 +282,18 @@ impl Upcasters {
     /// version without its binary payload being decoded: it is there
     /// already, or a wire plan takes it there.
     pub fn needs_no_decoding(&self, event_type: &str, version: u32, pin: Option<u32>) -> bool {
-        self.target_version(event_type, pin).is_ok_and(|target| {
-            target == version || self.plan(event_type, version, target).is_some()
-        })
+        self.on_wire(event_type, version, pin).is_some()
+    }
+
+    /// As [`Upcasters::needs_no_decoding`], saying whether an upcast is
+    /// needed: `Some(false)` at the target already, `Some(true)` upcast on
+    /// the wire, `None` where the payload must be decoded.
+    pub fn on_wire(&self, event_type: &str, version: u32, pin: Option<u32>) -> Option<bool> {
+        let target = self.target_version(event_type, pin).ok()?;
+        if target == version {
+            return Some(false);
+        }
+        self.plan(event_type, version, target).map(|_| true)
     }
 
     fn plan(&self, event_type: &str, version: u32, target: u32) -> Option<&WirePlan> {

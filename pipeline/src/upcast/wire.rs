@@ -99,11 +99,11 @@ impl WirePlan {
         };
         for record in crate::wire_check::records(payload) {
             let record = record?;
+            // Groups (proto2) are left to the decoding path.
+            if matches!(record.wire_type, WireType::StartGroup | WireType::EndGroup) {
+                return None;
+            }
             match self.action(record.number)? {
-                // Groups (proto2) are left to the decoding path.
-                _ if matches!(record.wire_type, WireType::StartGroup | WireType::EndGroup) => {
-                    return None;
-                }
                 Action::Keep => split.carried.extend_from_slice(record.whole),
                 Action::Renumber(target) => {
                     encode_key(target, record.wire_type, &mut split.carried);
