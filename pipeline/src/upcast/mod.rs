@@ -279,15 +279,16 @@ impl Upcasters {
     }
 
     /// Whether an event of `event_type` at `version` reaches its target
-    /// version without its binary payload being decoded: it is there
-    /// already, or a wire plan takes it there.
-    pub fn needs_no_decoding(&self, event_type: &str, version: u32, pin: Option<u32>) -> bool {
+    /// version without its binary payload being decoded.
+    #[cfg(test)]
+    fn needs_no_decoding(&self, event_type: &str, version: u32, pin: Option<u32>) -> bool {
         self.on_wire(event_type, version, pin).is_some()
     }
 
-    /// As [`Upcasters::needs_no_decoding`], saying whether an upcast is
-    /// needed: `Some(false)` at the target already, `Some(true)` upcast on
-    /// the wire, `None` where the payload must be decoded.
+    /// How an event of `event_type` at `version` reaches its target version
+    /// without its binary payload being decoded: `Some(false)` it is there
+    /// already, `Some(true)` a wire plan takes it there; `None` where the
+    /// payload must be decoded.
     pub fn on_wire(&self, event_type: &str, version: u32, pin: Option<u32>) -> Option<bool> {
         let target = self.target_version(event_type, pin).ok()?;
         if target == version {
