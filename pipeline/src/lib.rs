@@ -16,6 +16,8 @@
 //! - `sink`: the [`sink::Sink`] trait and one module per kind.
 //! - `outcome`: [`outcome::Outcome`] -> ack / nak / dead letter: the only place that acks.
 //! - `dead_letter`: dead-letter reasons, headers and publishing.
+//! - `generation`: the generations of a KV projection, which `rebuild`
+//!   builds beside the live one and `run` follows.
 //! - `pipeline`: one consumer's loop, tying the above together; it becomes
 //!   active when the server delivers to this replica, and first recovers
 //!   what a previous owner left unacked.
@@ -31,6 +33,7 @@ pub mod cli;
 pub mod config;
 pub mod dead_letter;
 pub mod envelope;
+pub mod generation;
 pub mod lanes;
 pub mod membership;
 pub mod nats;
@@ -89,6 +92,8 @@ pub enum RunError {
     Source(#[from] SourceError),
     #[error(transparent)]
     Membership(#[from] membership::MembershipError),
+    #[error(transparent)]
+    Generation(#[from] generation::GenerationError),
     #[error("sink {sink}: {source}")]
     Sink {
         sink: String,
@@ -120,6 +125,7 @@ impl RunError {
             | RunError::DeadLetter(_)
             | RunError::Source(_)
             | RunError::Membership(_)
+            | RunError::Generation(_)
             | RunError::Sink { .. }
             | RunError::Metrics(_)
             | RunError::Traces(_)
@@ -205,7 +211,48 @@ pub async fn run_prepared(
     shutdown: CancellationToken,
     custom_sinks: CustomSinks,
 ) -> Result<(), RunError> {
-    run_inner(prepared, shutdown, custom_sinks, Replication::Shared).await
+    let follow = Generations::Follow(None);
+    run_inner(
+        prepared,
+        shutdown,
+        custom_sinks,
+        Replication::Shared,
+        follow,
+    )
+    .await
+}
+
+/// Reads the configuration again, for a rebuilt generation that went live
+/// while running (its rules are in the file by then).
+pub type Reload = Arc<dyn Fn() -> Result<Prepared, RunError> + Send + Sync>;
+
+/// As [`run_prepared`], reading the configuration again with `reload`
+/// each time a rebuilt generation goes live.
+pub async fn run_reloading(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+    reload: Reload,
+) -> Result<(), RunError> {
+    let follow = Generations::Follow(Some(reload));
+    run_inner(
+        prepared,
+        shutdown,
+        custom_sinks,
+        Replication::Shared,
+        follow,
+    )
+    .await
+}
+
+/// How a run treats the sinks' generations (`generation.rs`).
+pub(crate) enum Generations {
+    /// Each sink's live generation, followed when a rebuild switches it:
+    /// the consumers stop, settle and start again on the new one.
+    Follow(Option<Reload>),
+    /// The configuration as given: `replay` and `rebuild` point it at the
+    /// generation they apply.
+    Fixed,
 }
 
 pub(crate) async fn run_inner(
@@ -213,6 +260,7 @@ pub(crate) async fn run_inner(
     shutdown: CancellationToken,
     custom_sinks: CustomSinks,
     replication: Replication,
+    generations: Generations,
 ) -> Result<(), RunError> {
     // Nothing durable happens before what can be known is checked.
     let mut missing = unregistered_sinks(&prepared.config, &custom_sinks);
@@ -227,7 +275,6 @@ pub(crate) async fn run_inner(
         tracing::warn!(path = %warning.path, warning = %warning.message, "Upcaster chain warning");
     }
     let readiness = Arc::new(Readiness::default());
-    readiness.expect_consumers(config.pipelines.len());
     let handle = telemetry::install_recorder().map_err(RunError::Metrics)?;
     // Exported as 0 from the start, so "never connected" shows on `/metrics`.
     readiness.set_connected(false);
@@ -250,14 +297,23 @@ pub(crate) async fn run_inner(
         tracing::info!(endpoint = %tracing.traces_url, "Exporting traces over OTLP");
     }
 
-    let result = run_consumers(
-        &prepared,
-        &custom_sinks,
-        replication,
-        &readiness,
-        &shutdown,
-        traces.as_ref(),
-    )
+    let result = async {
+        let client = nats::connect(&config.nats, Arc::clone(&readiness)).await?;
+        let run = RunContext {
+            client: &client,
+            custom_sinks: &custom_sinks,
+            replication,
+            readiness: &readiness,
+            traces: traces.as_ref(),
+        };
+        let result = match generations {
+            Generations::Fixed => run.consumers(&prepared, &shutdown).await,
+            Generations::Follow(reload) => run.following(prepared.clone(), reload, &shutdown).await,
+        };
+        // Pending acks and nak's are flushed before the connection goes.
+        let _ = client.flush().await;
+        result
+    }
     .await;
     // It holds nothing to settle.
     upkeep.abort();
@@ -269,117 +325,180 @@ pub(crate) async fn run_inner(
     result
 }
 
-/// Connects, starts one loop per consumer and waits for them all.
-async fn run_consumers(
-    prepared: &Prepared,
-    custom_sinks: &CustomSinks,
+/// What every start of the consumers shares.
+struct RunContext<'a> {
+    client: &'a async_nats::Client,
+    custom_sinks: &'a CustomSinks,
     replication: Replication,
-    readiness: &Arc<Readiness>,
-    shutdown: &CancellationToken,
-    traces: Option<&Traces>,
-) -> Result<(), RunError> {
-    let config = &prepared.config;
-    let client = nats::connect(&config.nats, Arc::clone(readiness)).await?;
-    let jetstream = async_nats::jetstream::new(client.clone());
-    let dead_letters = DeadLetters::new(
-        jetstream.clone(),
-        &config.dead_letter.stream,
-        &config.dead_letter.subject_prefix,
-    );
-    dead_letters.ensure_stream().await?;
-    let replicas = Replicas::start(config, &jetstream, shutdown, replication).await?;
+    readiness: &'a Arc<Readiness>,
+    traces: Option<&'a Traces>,
+}
 
-    let mut consumers = JoinSet::new();
-    for (sink_name, sink) in &config.sinks {
-        let spawn = SpawnContext {
-            prepared,
-            jetstream: &jetstream,
-            dead_letters: &dead_letters,
-            readiness,
-            shutdown,
-            replicas: &replicas,
-            traces,
-        };
-        let sink_error = |source| RunError::Sink {
-            sink: sink_name.clone(),
-            source,
-        };
-        match &sink.kind {
-            SinkKind::JetStream(settings) => {
-                let built = JetStreamSink::new(jetstream.clone(), settings).map_err(|source| {
-                    RunError::Sink {
-                        sink: sink_name.clone(),
-                        source,
-                    }
-                })?;
-                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
-            }
-            SinkKind::Custom => {
-                if let Some(custom) = custom_sinks.get(sink_name) {
-                    spawn.consumers_of(sink_name, Arc::new(custom), &mut consumers);
+impl RunContext<'_> {
+    /// Runs each sink at its live generation until `shutdown`; when a
+    /// rebuild makes another generation live, the consumers stop and
+    /// settle, the configuration is read again, and they start on it.
+    async fn following(
+        &self,
+        mut prepared: Prepared,
+        reload: Option<Reload>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let jetstream = async_nats::jetstream::new(self.client.clone());
+        let store = generation::open(&jetstream, &prepared.config.dead_letter.stream).await?;
+        loop {
+            let live = generation::read_all(&store, &prepared.config).await?;
+            for (sink, built) in &live {
+                let written = generation::fingerprint(&prepared.config.sinks[sink]);
+                if built.fingerprint != written {
+                    tracing::warn!(sink = %sink, generation = built.generation, built_from = %built.fingerprint, configured = %written,
+                        "The live generation was built from other rules than this configuration's; rebuild it to apply these to past events");
                 }
             }
-            SinkKind::Kv(settings) => {
-                let built = KvSink::open(jetstream.clone(), sink_name, settings)
-                    .await
-                    .map_err(sink_error)?;
-                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            let applied = prepared
+                .config
+                .sinks
+                .keys()
+                .map(|sink| {
+                    let number = live.get(sink).map_or(generation::FIRST, |g| g.generation);
+                    (sink.clone(), number)
+                })
+                .collect();
+            let mut current = prepared.clone();
+            generation::apply(&mut current.config, &live);
+            let switched = shutdown.child_token();
+            let watcher = tokio::spawn(generation::watch(store.clone(), applied, switched.clone()));
+            let result = self.consumers(&current, &switched).await;
+            switched.cancel();
+            let _ = watcher.await;
+            if result.is_err() || shutdown.is_cancelled() {
+                return result;
             }
-            SinkKind::Postgres(settings) => {
-                let feeders = config
-                    .pipelines
-                    .iter()
-                    .filter(|pipeline| pipeline.sink == *sink_name)
-                    .count()
-                    * sink.consumer.concurrency;
-                let built = PostgresSink::start(
-                    sink_name,
-                    settings,
-                    prepared.decoder.registry(),
-                    sink.schema_version,
-                    feeders,
-                )
-                .map_err(sink_error)?;
-                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
-            }
-            SinkKind::Http(settings) => {
-                let built = HttpSink::new(sink_name, settings).map_err(sink_error)?;
-                spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+            if let Some(reload) = &reload {
+                match reload() {
+                    Ok(reloaded) => prepared = reloaded,
+                    Err(error) => tracing::error!(error = %error,
+                        "Cannot read the configuration again; going on with the one running"),
+                }
             }
         }
     }
-    tracing::info!(consumers = config.pipelines.len(), "Jetline running");
-    let poller = tokio::spawn(telemetry::lag::poll(
-        jetstream.clone(),
-        config.pipelines.clone(),
-        config.metrics.lag_poll_interval,
-        Arc::clone(readiness),
-        shutdown.clone(),
-    ));
 
-    let mut first_error = None;
-    while let Some(joined) = consumers.join_next().await {
-        match joined {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => {
-                tracing::error!(error = %error, "Consumer failed");
-                // One consumer that cannot start stops the process: better a
-                // clear exit than a projection silently not running.
-                shutdown.cancel();
-                first_error.get_or_insert(error);
+    /// Starts one loop per consumer and waits for them all.
+    async fn consumers(
+        &self,
+        prepared: &Prepared,
+        shutdown: &CancellationToken,
+    ) -> Result<(), RunError> {
+        let (custom_sinks, replication, readiness, traces) = (
+            self.custom_sinks,
+            self.replication,
+            self.readiness,
+            self.traces,
+        );
+        let config = &prepared.config;
+        readiness.expect_consumers(config.pipelines.len());
+        let client = self.client;
+        let jetstream = async_nats::jetstream::new(client.clone());
+        let dead_letters = DeadLetters::new(
+            jetstream.clone(),
+            &config.dead_letter.stream,
+            &config.dead_letter.subject_prefix,
+        );
+        dead_letters.ensure_stream().await?;
+        let replicas = Replicas::start(config, &jetstream, shutdown, replication).await?;
+
+        let mut consumers = JoinSet::new();
+        for (sink_name, sink) in &config.sinks {
+            let spawn = SpawnContext {
+                prepared,
+                jetstream: &jetstream,
+                dead_letters: &dead_letters,
+                readiness,
+                shutdown,
+                replicas: &replicas,
+                traces,
+            };
+            let sink_error = |source| RunError::Sink {
+                sink: sink_name.clone(),
+                source,
+            };
+            match &sink.kind {
+                SinkKind::JetStream(settings) => {
+                    let built =
+                        JetStreamSink::new(jetstream.clone(), settings).map_err(|source| {
+                            RunError::Sink {
+                                sink: sink_name.clone(),
+                                source,
+                            }
+                        })?;
+                    spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+                }
+                SinkKind::Custom => {
+                    if let Some(custom) = custom_sinks.get(sink_name) {
+                        spawn.consumers_of(sink_name, Arc::new(custom), &mut consumers);
+                    }
+                }
+                SinkKind::Kv(settings) => {
+                    let built = KvSink::open(jetstream.clone(), sink_name, settings)
+                        .await
+                        .map_err(sink_error)?;
+                    spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+                }
+                SinkKind::Postgres(settings) => {
+                    let feeders = config
+                        .pipelines
+                        .iter()
+                        .filter(|pipeline| pipeline.sink == *sink_name)
+                        .count()
+                        * sink.consumer.concurrency;
+                    let built = PostgresSink::start(
+                        sink_name,
+                        settings,
+                        prepared.decoder.registry(),
+                        sink.schema_version,
+                        feeders,
+                    )
+                    .map_err(sink_error)?;
+                    spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+                }
+                SinkKind::Http(settings) => {
+                    let built = HttpSink::new(sink_name, settings).map_err(sink_error)?;
+                    spawn.consumers_of(sink_name, Arc::new(built), &mut consumers);
+                }
             }
-            Err(join_error) => tracing::error!(error = %join_error, "Consumer task panicked"),
         }
-    }
-    // It holds nothing to settle.
-    poller.abort();
-    // The lease goes last: the consumers have handed back their partitions.
-    replicas.stop().await;
-    // Pending acks and nak's are flushed before the connection goes.
-    let _ = client.flush().await;
-    match first_error {
-        Some(error) => Err(error.into()),
-        None => Ok(()),
+        tracing::info!(consumers = config.pipelines.len(), "Jetline running");
+        let poller = tokio::spawn(telemetry::lag::poll(
+            jetstream.clone(),
+            config.pipelines.clone(),
+            config.metrics.lag_poll_interval,
+            Arc::clone(readiness),
+            shutdown.clone(),
+        ));
+
+        let mut first_error = None;
+        while let Some(joined) = consumers.join_next().await {
+            match joined {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    tracing::error!(error = %error, "Consumer failed");
+                    // One consumer that cannot start stops the process: better a
+                    // clear exit than a projection silently not running.
+                    shutdown.cancel();
+                    first_error.get_or_insert(error);
+                }
+                Err(join_error) => tracing::error!(error = %join_error, "Consumer task panicked"),
+            }
+        }
+        // It holds nothing to settle.
+        poller.abort();
+        // The lease goes last: the consumers have handed back their partitions.
+        replicas.stop().await;
+        match first_error {
+            Some(error) => Err(error.into()),
+            None => Ok(()),
+        }
     }
 }
 

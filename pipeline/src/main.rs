@@ -33,6 +33,7 @@ fn main() -> ExitCode {
         Command::Project(args) => project(&args),
         Command::Ready(args) => ready(&args.config),
         Command::Replay { config, args } => replay(&config.config, args),
+        Command::Rebuild { config, args } => rebuild(&config.config, args),
         Command::Schema { command } => schema(command),
     };
     match result {
@@ -192,7 +193,7 @@ fn schema(command: cli::schema::SchemaCommand) -> Result<(), Failure> {
 
 fn run(path: &std::path::Path) -> Result<(), Failure> {
     let config = load(path)?;
-    runtime()?.block_on(cli::run::run(config))?;
+    runtime()?.block_on(cli::run::run(path.to_owned(), config))?;
     Ok(())
 }
 
@@ -233,6 +234,14 @@ fn replay(path: &std::path::Path, args: cli::replay::ReplayArgs) -> Result<(), F
     let prepared = jetline::prepare(load(path)?)?;
     let mut progress = |line: &str| eprintln!("{line}");
     let report = runtime()?.block_on(cli::replay::replay(prepared, args, &mut progress))?;
+    emit(&report);
+    Ok(())
+}
+
+fn rebuild(path: &std::path::Path, args: cli::rebuild::RebuildArgs) -> Result<(), Failure> {
+    let prepared = jetline::prepare(load(path)?)?;
+    let mut progress = |line: &str| eprintln!("{line}");
+    let report = runtime()?.block_on(cli::rebuild::rebuild(prepared, args, &mut progress))?;
     emit(&report);
     Ok(())
 }

@@ -19,6 +19,7 @@ mod postgres;
 mod project;
 mod projections;
 mod publish;
+mod rebuild;
 mod replay;
 mod replicas;
 mod schema_diff;

@@ -9,7 +9,7 @@ use crate::{
     Config, RunError,
     dead_letter::{DeadLetterReason, DeadLetters, Entry, Filter, RedriveTarget, parked},
     envelope::{self, Decoder},
-    nats,
+    generation, nats,
     telemetry::Readiness,
 };
 
@@ -112,7 +112,11 @@ pub async fn run(config: Config, command: DlqCommand) -> Result<String, RunError
             let parked = parked::all(dead_letters.jetstream(), &config.dead_letter.stream)
                 .await
                 .unwrap_or_default();
-            for spec in &config.pipelines {
+            // The consumers of each sink's live generation.
+            let mut live_config = config.clone();
+            let live = generation::live(dead_letters.jetstream(), config).await?;
+            generation::apply(&mut live_config, &live);
+            for spec in &live_config.pipelines {
                 if filter.sink.as_deref().is_none_or(|sink| sink == spec.sink)
                     && let Some(ids) = parked.get(&spec.durable_name)
                 {

@@ -5,6 +5,7 @@ pub mod dlq;
 pub mod project;
 pub mod publish;
 pub mod ready;
+pub mod rebuild;
 pub mod replay;
 pub mod run;
 pub mod schema;
@@ -72,6 +73,15 @@ pub enum Command {
         config: ConfigArg,
         #[command(flatten)]
         args: replay::ReplayArgs,
+    },
+    /// Rebuild one sink's projection with zero downtime: build the next
+    /// generation beside the live one, switch readers to it once caught up,
+    /// and retire the old one's consumers.
+    Rebuild {
+        #[command(flatten)]
+        config: ConfigArg,
+        #[command(flatten)]
+        args: rebuild::RebuildArgs,
     },
     /// Compare the schemas with an older copy: what breaks stored events.
     Schema {

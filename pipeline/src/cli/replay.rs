@@ -11,8 +11,9 @@ use async_nats::jetstream::{self, consumer::DeliverPolicy};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    Prepared, RunError,
-    config::{PipelineSpec, SinkKind},
+    Generations, Prepared, RunError,
+    config::{PipelineSpec, SinkKind, SinkSpec},
+    generation,
     membership::Replication,
     nats,
     sink::{self, custom::CustomSinks},
@@ -52,15 +53,7 @@ pub async fn replay(
     args: ReplayArgs,
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, RunError> {
-    let config = &prepared.config;
-    let Some(sink) = config.sinks.get(&args.sink) else {
-        let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
-        return Err(RunError::Usage(format!(
-            "no sink named {:?} (sinks: {})",
-            args.sink,
-            known.join(", ")
-        )));
-    };
+    let sink = named_sink(&prepared, &args.sink)?;
     let start = start_policy(&args)?;
     if args.reset {
         match &sink.kind {
@@ -81,14 +74,15 @@ pub async fn replay(
             }
         }
     }
-    let specs: Vec<PipelineSpec> = config
-        .pipelines
-        .iter()
-        .filter(|spec| spec.sink == args.sink)
-        .cloned()
-        .collect();
-    let client = nats::connect(&config.nats, Arc::new(Readiness::default())).await?;
+    let client = nats::connect(&prepared.config.nats, Arc::new(Readiness::default())).await?;
     let js = jetstream::new(client);
+    // The live generation is the one replayed.
+    let mut prepared = prepared;
+    let live = generation::live(&js, &prepared.config).await?;
+    generation::apply(&mut prepared.config, &live);
+    let config = &prepared.config;
+    let sink = &config.sinks[&args.sink];
+    let specs = specs_of(config, &args.sink);
     for spec in &specs {
         if let Some(holder) = holder(&js, spec).await
             && !args.force
@@ -129,23 +123,91 @@ pub async fn replay(
 
     // Recreated at the position: the server's pending count is then what
     // is left to apply.
-    let settings = &sink.consumer;
     for spec in &specs {
         if let Ok(stream) = js.get_stream(&spec.stream).await {
             let _ = stream.delete_consumer(&spec.durable_name).await;
         }
-        source::bind_from(&js, spec, settings, Some(start)).await?;
+        source::bind_from(&js, spec, &sink.consumer, Some(start)).await?;
     }
-    let total = outstanding(&js, &specs).await.unwrap_or(0);
-    progress(&format!(
-        "replay {}: {} consumer(s) repositioned, {total} deliveries to apply",
+    let label = format!("replay {}", args.sink);
+    let (applied, runner) =
+        apply_until_caught_up(&prepared, &args.sink, &js, &specs, &label, progress).await?;
+    runner.stop().await?;
+    let pending = outstanding(&js, &specs).await.unwrap_or(0);
+    Ok(format!(
+        "replayed sink {}: {} deliveries applied in {:.1}s, pending {pending}",
         args.sink,
+        applied.total,
+        applied.elapsed.as_secs_f64()
+    ))
+}
+
+/// The sink named on the command line, or a usage error listing the sinks.
+pub(crate) fn named_sink<'a>(prepared: &'a Prepared, name: &str) -> Result<&'a SinkSpec, RunError> {
+    let config = &prepared.config;
+    config.sinks.get(name).ok_or_else(|| {
+        let known: Vec<&str> = config.sinks.keys().map(String::as_str).collect();
+        RunError::Usage(format!(
+            "no sink named {name:?} (sinks: {})",
+            known.join(", ")
+        ))
+    })
+}
+
+/// The consumers of `sink`'s pairs.
+pub(crate) fn specs_of(config: &crate::Config, sink: &str) -> Vec<PipelineSpec> {
+    config
+        .pipelines
+        .iter()
+        .filter(|spec| spec.sink == sink)
+        .cloned()
+        .collect()
+}
+
+/// What [`apply_until_caught_up`] applied, and how long it took.
+pub(crate) struct Applied {
+    pub total: u64,
+    pub elapsed: Duration,
+}
+
+/// The one sink applying, as [`apply_until_caught_up`] left it running.
+pub(crate) struct Runner {
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+    label: String,
+}
+
+impl Runner {
+    /// Lets what is in flight settle, hands the consumers back and stops.
+    pub(crate) async fn stop(self) -> Result<(), RunError> {
+        self.shutdown.cancel();
+        match self.task.await {
+            Ok(result) => result,
+            Err(join) => Err(RunError::Replay(format!("{} stopped: {join}", self.label))),
+        }
+    }
+}
+
+/// Runs `sink` alone from `prepared`, as the sole replica of `specs` (the
+/// consumers, already positioned), until nothing is pending, telling
+/// `progress` how it goes under `label` once a second; it goes on applying
+/// until the [`Runner`] is stopped.
+pub(crate) async fn apply_until_caught_up(
+    prepared: &Prepared,
+    sink: &str,
+    js: &jetstream::Context,
+    specs: &[PipelineSpec],
+    label: &str,
+    progress: &mut dyn FnMut(&str),
+) -> Result<(Applied, Runner), RunError> {
+    let total = outstanding(js, specs).await.unwrap_or(0);
+    progress(&format!(
+        "{label}: {} consumer(s) positioned, {total} deliveries to apply",
         specs.len()
     ));
-
     let mut only = prepared.clone();
-    only.config.sinks.retain(|name, _| *name == args.sink);
-    only.config.pipelines.retain(|spec| spec.sink == args.sink);
+    only.config.sinks.retain(|name, _| name == sink);
+    only.config.pipelines.retain(|spec| spec.sink == sink);
     // Beside a running Jetline's endpoint, never on it.
     only.config.metrics.listen = ([127, 0, 0, 1], 0).into();
     let shutdown = CancellationToken::new();
@@ -154,6 +216,7 @@ pub async fn replay(
         shutdown.clone(),
         CustomSinks::default(),
         Replication::Sole,
+        Generations::Fixed,
     ));
     let started = tokio::time::Instant::now();
     let mut tick = tokio::time::interval(TICK);
@@ -162,7 +225,7 @@ pub async fn replay(
         if running.is_finished() {
             break;
         }
-        let Some(left) = outstanding(&js, &specs).await else {
+        let Some(left) = outstanding(js, specs).await else {
             continue;
         };
         let done = total.saturating_sub(left);
@@ -174,8 +237,7 @@ pub async fn replay(
             "-".to_owned()
         };
         progress(&format!(
-            "replay {}: {done}/{total} ({:.0}%), {rate:.0}/s, ETA {eta}",
-            args.sink,
+            "{label}: {done}/{total} ({:.0}%), {rate:.0}/s, ETA {eta}",
             if total == 0 {
                 100.0
             } else {
@@ -186,17 +248,23 @@ pub async fn replay(
             break;
         }
     }
-    shutdown.cancel();
-    match running.await {
-        Ok(result) => result?,
-        Err(join) => return Err(RunError::Replay(format!("the replay stopped: {join}"))),
+    let applied = Applied {
+        total,
+        elapsed: started.elapsed(),
+    };
+    let runner = Runner {
+        shutdown,
+        task: running,
+        label: label.to_owned(),
+    };
+    if runner.task.is_finished() {
+        // It stopped on its own: a consumer could not start.
+        runner.stop().await?;
+        return Err(RunError::Replay(format!(
+            "{label} stopped before catching up"
+        )));
     }
-    let pending = outstanding(&js, &specs).await.unwrap_or(0);
-    Ok(format!(
-        "replayed sink {}: {total} deliveries applied in {:.1}s, pending {pending}",
-        args.sink,
-        started.elapsed().as_secs_f64()
-    ))
+    Ok((applied, runner))
 }
 
 /// Where the recreated consumers start.
@@ -217,7 +285,7 @@ fn start_policy(args: &ReplayArgs) -> Result<DeliverPolicy, RunError> {
 
 /// The pinned client of the consumer's priority group, when a replica
 /// holds it.
-async fn holder(js: &jetstream::Context, spec: &PipelineSpec) -> Option<String> {
+pub(crate) async fn holder(js: &jetstream::Context, spec: &PipelineSpec) -> Option<String> {
     let stream = js.get_stream(&spec.stream).await.ok()?;
     let info = stream.consumer_info(&spec.durable_name).await.ok()?;
     info.priority_groups
@@ -227,7 +295,7 @@ async fn holder(js: &jetstream::Context, spec: &PipelineSpec) -> Option<String> 
 
 /// Deliveries not yet applied: pending plus unacknowledged, over the
 /// consumers (`None` when one cannot be read).
-async fn outstanding(js: &jetstream::Context, specs: &[PipelineSpec]) -> Option<u64> {
+pub(crate) async fn outstanding(js: &jetstream::Context, specs: &[PipelineSpec]) -> Option<u64> {
     let mut left = 0;
     for spec in specs {
         let stream = js.get_stream(&spec.stream).await.ok()?;

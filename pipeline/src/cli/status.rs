@@ -7,7 +7,7 @@
 use std::{fmt::Write as _, sync::Arc};
 
 use crate::{
-    Config, RunError, dead_letter, membership, nats,
+    Config, RunError, dead_letter, generation, membership, nats,
     telemetry::{
         Readiness,
         lag::{self, ConsumerLag, LagError},
@@ -35,6 +35,11 @@ const LISTED_PARKED: usize = 10;
 pub async fn read(config: &Config) -> Result<Vec<ConsumerStatus>, RunError> {
     let client = nats::connect(&config.nats, Arc::new(Readiness::default())).await?;
     let jetstream = async_nats::jetstream::new(client);
+    // The consumers of each sink's live generation.
+    let mut config = config.clone();
+    let live = generation::live(&jetstream, &config).await?;
+    generation::apply(&mut config, &live);
+    let config = &config;
     let reads = config
         .pipelines
         .iter()

@@ -227,6 +227,15 @@ pub struct PipelineSpec {
     pub routes: Vec<usize>,
 }
 
+/// The durable consumer's name of partition `partition` of the pair named
+/// `consumer`: the pair's name, with `-p<index>` when it is partitioned.
+pub fn durable_name(consumer: &str, partition: Partitioning) -> String {
+    match partition.count {
+        0 | 1 => consumer.to_owned(),
+        _ => format!("{consumer}-p{}", partition.index),
+    }
+}
+
 /// Partition `index` of `count` (0 of 1: not partitioned).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Partitioning {

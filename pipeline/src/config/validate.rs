@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     Config, ConfigError, ConfigErrors, ConsumerSettings, MetricsSettings, Ordering, Partitioning,
-    PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec, TracingSettings,
+    PipelineSpec, RetryPolicy, RouteSpec, SinkKind, SinkSpec, TracingSettings, durable_name,
     raw::{
         self, ConsumerOverrides, LimitsConfig, RawConfig, SINK_COMMON_KEYS, SINK_TYPES,
         TracingConfig,
@@ -742,23 +742,26 @@ fn derive_pipelines(
             let token = raw.sources[&pipeline.source].partition_token;
             (0..count).map(move |index| match count {
                 1 => pipeline.clone(),
-                _ => PipelineSpec {
-                    durable_name: format!("{}-p{index}", pipeline.consumer),
-                    partition: Partitioning {
+                _ => {
+                    let partition = Partitioning {
                         index,
                         count,
                         by_subject: token.is_some(),
-                    },
-                    filter_subjects: match token {
-                        Some(token) => pipeline
-                            .filter_subjects
-                            .iter()
-                            .flat_map(|pattern| partition_filter(pattern, token, index))
-                            .collect(),
-                        None => pipeline.filter_subjects.clone(),
-                    },
-                    ..pipeline.clone()
-                },
+                    };
+                    PipelineSpec {
+                        durable_name: durable_name(&pipeline.consumer, partition),
+                        partition,
+                        filter_subjects: match token {
+                            Some(token) => pipeline
+                                .filter_subjects
+                                .iter()
+                                .flat_map(|pattern| partition_filter(pattern, token, index))
+                                .collect(),
+                            None => pipeline.filter_subjects.clone(),
+                        },
+                        ..pipeline.clone()
+                    }
+                }
             })
         })
         .collect()

@@ -324,7 +324,10 @@ impl Readiness {
         nats_connected(connected);
     }
 
+    /// Each start of the consumers (again after a generation switch)
+    /// counts them bound anew.
     pub fn expect_consumers(&self, count: usize) {
+        self.bound.store(0, Ordering::Relaxed);
         self.expected.store(count, Ordering::Relaxed);
     }
 
