@@ -51,11 +51,6 @@ pub enum GenerationError {
     Entry { sink: String, message: String },
 }
 
-/// Whether a sink's projection can be built beside the live one.
-pub fn rebuildable(kind: &SinkKind) -> bool {
-    matches!(kind, SinkKind::Kv(_))
-}
-
 /// The bucket of generation `number` of a KV sink configured with `bucket`.
 pub fn kv_bucket(bucket: &str, number: u32) -> String {
     match number {
@@ -101,12 +96,33 @@ pub fn apply_one(config: &mut Config, sink: &str, number: u32) {
 /// Points `config` at each sink's live generation.
 pub fn apply(config: &mut Config, live: &BTreeMap<String, Generation>) {
     for (sink, generation) in live {
-        if config
-            .sinks
-            .get(sink)
-            .is_some_and(|spec| rebuildable(&spec.kind))
-        {
-            apply_one(config, sink, generation.generation);
+        apply_one(config, sink, generation.generation);
+    }
+}
+
+/// The generation number each sink of `config` runs at, for [`watch`].
+pub fn numbers(config: &Config, live: &BTreeMap<String, Generation>) -> BTreeMap<String, u32> {
+    config
+        .sinks
+        .keys()
+        .map(|sink| {
+            let number = live.get(sink).map_or(FIRST, |g| g.generation);
+            (sink.clone(), number)
+        })
+        .collect()
+}
+
+/// Says, for each sink whose live generation was built from other rules
+/// than `config` holds, that those rules apply only from now on.
+pub fn warn_on_other_rules(config: &Config, live: &BTreeMap<String, Generation>) {
+    for (sink, built) in live {
+        let Some(spec) = config.sinks.get(sink) else {
+            continue;
+        };
+        let written = fingerprint(spec);
+        if built.fingerprint != written {
+            tracing::warn!(sink = %sink, generation = built.generation, built_from = %built.fingerprint, configured = %written,
+                "The live generation was built from other rules than this configuration's; rebuild it to apply these to past events");
         }
     }
 }
@@ -117,21 +133,15 @@ pub async fn open(
     dead_letter_stream: &str,
 ) -> Result<kv::Store, GenerationError> {
     let bucket = bucket_name(dead_letter_stream);
-    match jetstream.get_key_value(&bucket).await {
-        Ok(store) => Ok(store),
-        Err(_) => jetstream
-            .create_key_value(kv::Config {
-                bucket: bucket.clone(),
-                description: "jetline: the live generation of each rebuilt projection".into(),
-                history: 8,
-                ..Default::default()
-            })
-            .await
-            .map_err(|err| GenerationError::Bucket {
-                bucket,
-                message: err.to_string(),
-            }),
-    }
+    let config = kv::Config {
+        bucket: bucket.clone(),
+        description: "jetline: the live generation of each rebuilt projection".into(),
+        history: 8,
+        ..Default::default()
+    };
+    crate::nats::key_value(jetstream, config)
+        .await
+        .map_err(|message| GenerationError::Bucket { bucket, message })
 }
 
 /// The live generation of `sink` (`None`: generation 1) and the key's

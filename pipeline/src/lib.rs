@@ -211,15 +211,7 @@ pub async fn run_prepared(
     shutdown: CancellationToken,
     custom_sinks: CustomSinks,
 ) -> Result<(), RunError> {
-    let follow = Generations::Follow(None);
-    run_inner(
-        prepared,
-        shutdown,
-        custom_sinks,
-        Replication::Shared,
-        follow,
-    )
-    .await
+    run_following(prepared, shutdown, custom_sinks, None).await
 }
 
 /// Reads the configuration again, for a rebuilt generation that went live
@@ -234,7 +226,16 @@ pub async fn run_reloading(
     custom_sinks: CustomSinks,
     reload: Reload,
 ) -> Result<(), RunError> {
-    let follow = Generations::Follow(Some(reload));
+    run_following(prepared, shutdown, custom_sinks, Some(reload)).await
+}
+
+async fn run_following(
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    custom_sinks: CustomSinks,
+    reload: Option<Reload>,
+) -> Result<(), RunError> {
+    let follow = Generations::Follow(reload);
     run_inner(
         prepared,
         shutdown,
@@ -348,22 +349,8 @@ impl RunContext<'_> {
         let store = generation::open(&jetstream, &prepared.config.dead_letter.stream).await?;
         loop {
             let live = generation::read_all(&store, &prepared.config).await?;
-            for (sink, built) in &live {
-                let written = generation::fingerprint(&prepared.config.sinks[sink]);
-                if built.fingerprint != written {
-                    tracing::warn!(sink = %sink, generation = built.generation, built_from = %built.fingerprint, configured = %written,
-                        "The live generation was built from other rules than this configuration's; rebuild it to apply these to past events");
-                }
-            }
-            let applied = prepared
-                .config
-                .sinks
-                .keys()
-                .map(|sink| {
-                    let number = live.get(sink).map_or(generation::FIRST, |g| g.generation);
-                    (sink.clone(), number)
-                })
-                .collect();
+            generation::warn_on_other_rules(&prepared.config, &live);
+            let applied = generation::numbers(&prepared.config, &live);
             let mut current = prepared.clone();
             generation::apply(&mut current.config, &live);
             let switched = shutdown.child_token();

@@ -257,6 +257,21 @@ async fn options(
         }))
 }
 
+/// The KV bucket `config.bucket`, created with `config` when missing (an
+/// existing one is used as it is); the server's refusal as text.
+pub async fn key_value(
+    jetstream: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+) -> Result<async_nats::jetstream::kv::Store, String> {
+    match jetstream.get_key_value(&config.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => jetstream
+            .create_key_value(config)
+            .await
+            .map_err(|err| err.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -54,18 +54,10 @@ const OLD_RULE: &str = "{ increment: { events: 1 } }";
 /// old rules after the switch shows (`twice` != 2 x `events`).
 const NEW_RULE: &str = "{ increment: { events: 1, twice: 2 } }";
 
-fn command(file: &std::path::Path, args: &[&str]) -> (Option<i32>, String, String) {
-    let output = std::process::Command::new(jetline_bin())
-        .args(args)
-        .arg("--config")
-        .arg(file)
-        .output()
-        .expect("jetline runs");
-    (
-        output.status.code(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
+/// `jetline <args> --config <file>`: exit code, stdout, stderr.
+fn command(file: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let path = file.to_str().expect("a UTF-8 path");
+    jetline_cli(&[args, &["--config", path]].concat(), "")
 }
 
 fn events(round: usize) -> Vec<Outgoing> {
@@ -128,13 +120,13 @@ async fn rebuild_under_load_switches_readers_to_a_complete_generation_that_run_f
 
     // Only a read model can have generations.
     let (code, _, stderr) = command(file.path(), &["rebuild", "--sink", "copy"]);
-    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(
         stderr.contains("a jetstream sink cannot be rebuilt beside the live one"),
         "{stderr}"
     );
     let (code, _, stderr) = command(file.path(), &["rebuild", "--sink", "nosuch"]);
-    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no sink named \"nosuch\""), "{stderr}");
 
     for round in 0..ROUND {
@@ -190,7 +182,7 @@ async fn rebuild_under_load_switches_readers_to_a_complete_generation_that_run_f
             .await
             .expect("rebuild ran")
     };
-    assert_eq!(code, Some(0), "{stderr}\n{}", live.logs());
+    assert_eq!(code, 0, "{stderr}\n{}", live.logs());
     assert!(
         stdout.contains("rebuilt sink counts: generation 2 live in bucket RB_COUNTS_g2"),
         "{stdout}"
@@ -241,7 +233,7 @@ async fn rebuild_under_load_switches_readers_to_a_complete_generation_that_run_f
     // and --drop-old deletes generation 2's bucket.
     let (code, stdout, stderr) =
         command(file.path(), &["rebuild", "--sink", "counts", "--drop-old"]);
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
     assert!(
         stdout.contains("generation 3 live in bucket RB_COUNTS_g3"),
         "{stdout}"
@@ -250,7 +242,7 @@ async fn rebuild_under_load_switches_readers_to_a_complete_generation_that_run_f
     assert!(js.get_key_value("RB_COUNTS_g2").await.is_err());
     assert!(js.get_key_value("RB_COUNTS").await.is_ok());
     let (code, stdout, stderr) = command(file.path(), &["status"]);
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("jetline-s-counts-g3"), "{stdout}");
 
     // A later run starts on the live generation.

@@ -41,13 +41,14 @@ pub async fn rebuild(
     progress: &mut dyn FnMut(&str),
 ) -> Result<String, RunError> {
     let sink = named_sink(&prepared, &args.sink)?;
-    if !generation::rebuildable(&sink.kind) {
+    // Only a KV projection has generations: readers find its bucket by key.
+    let SinkKind::Kv(kv) = &sink.kind else {
         return Err(RunError::Usage(format!(
             "a {} sink cannot be rebuilt beside the live one: it has no generations to switch \
              readers between (jetline replay rebuilds it in place)",
             sink.kind.type_name()
         )));
-    }
+    };
     let fingerprint = generation::fingerprint(sink);
     let takeover_after = sink.consumer.takeover_after;
     let config = &prepared.config;
@@ -63,7 +64,10 @@ pub async fn rebuild(
     generation::apply_one(&mut old.config, &args.sink, from);
     let mut new = prepared.clone();
     generation::apply_one(&mut new.config, &args.sink, next);
-    let (old_target, new_target) = (target(&old, &args.sink), target(&new, &args.sink));
+    let (old_target, new_target) = (
+        generation::kv_bucket(&kv.bucket, from),
+        generation::kv_bucket(&kv.bucket, next),
+    );
     let old_specs = specs_of(&old.config, &args.sink);
     let new_specs = specs_of(&new.config, &args.sink);
 
@@ -157,14 +161,6 @@ pub async fn rebuild(
         applied.total,
         applied.elapsed.as_secs_f64()
     ))
-}
-
-/// The bucket `prepared` writes for `sink`.
-fn target(prepared: &Prepared, sink: &str) -> String {
-    match &prepared.config.sinks[sink].kind {
-        SinkKind::Kv(kv) => kv.bucket.clone(),
-        kind => kind.type_name().to_owned(),
-    }
 }
 
 fn names(specs: &[PipelineSpec]) -> String {

@@ -42,18 +42,15 @@ impl Parked {
             stream: bucket.clone(),
             message,
         };
-        let store = match jetstream.get_key_value(&bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_key_value(kv::Config {
-                    bucket: bucket.clone(),
-                    description: "jetline: aggregates parked after a dead letter".into(),
-                    history: 1,
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| failed(err.to_string()))?,
+        let config = kv::Config {
+            bucket: bucket.clone(),
+            description: "jetline: aggregates parked after a dead letter".into(),
+            history: 1,
+            ..Default::default()
         };
+        let store = crate::nats::key_value(jetstream, config)
+            .await
+            .map_err(failed)?;
         Ok(Self {
             store,
             consumer: consumer.to_owned(),

@@ -65,20 +65,17 @@ impl KvSink {
         config: &KvSinkConfig,
     ) -> Result<Self, SinkError> {
         let rules = Rules::new(config)?;
-        let store = match jetstream.get_key_value(&config.bucket).await {
-            Ok(store) => store,
-            Err(_) => jetstream
-                .create_key_value(kv::Config {
-                    bucket: config.bucket.clone(),
-                    history: config.history,
-                    max_age: config.ttl.unwrap_or_default(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(|err| {
-                    SinkError::Setup(format!("cannot create bucket {}: {err}", config.bucket))
-                })?,
+        let bucket = kv::Config {
+            bucket: config.bucket.clone(),
+            history: config.history,
+            max_age: config.ttl.unwrap_or_default(),
+            ..Default::default()
         };
+        let store = crate::nats::key_value(&jetstream, bucket)
+            .await
+            .map_err(|err| {
+                SinkError::Setup(format!("cannot create bucket {}: {err}", config.bucket))
+            })?;
         Ok(Self {
             name: name.to_owned(),
             max_payload: jetstream.client().server_info().max_payload,
