@@ -344,8 +344,10 @@ async fn sigterm_finishes_in_flight_events_and_exits_0_and_the_consumer_follows_
     assert_eq!(after_stop.config.ack_wait, Duration::from_secs(20));
 
     // A changed setting updates the durable consumer; its progress is kept.
+    // The second process may first wait out a recovery window (its
+    // `ack_wait` and 2 s) before applying, hence the longer wait.
     let second = Process::start(&yaml("12s"));
-    eventually(TIMEOUT, "every event applied once", || async {
+    eventually(TIMEOUT * 2, "every event applied once", || async {
         (stream_count(&js, "TERM_OUT").await == total).then_some(())
     })
     .await;

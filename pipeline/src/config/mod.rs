@@ -120,6 +120,16 @@ impl SinkKind {
         }
     }
 
+    /// The events in flight this kind works best with when the file names
+    /// none: a PostgreSQL sink writes a transaction of up to
+    /// `batch.max_events`, which only fills with that many in flight.
+    pub fn default_concurrency(&self) -> Option<usize> {
+        match self {
+            SinkKind::Postgres(config) => Some(config.batch.max_events),
+            SinkKind::JetStream(_) | SinkKind::Kv(_) | SinkKind::Http(_) | SinkKind::Custom => None,
+        }
+    }
+
     /// Read models skip what they already applied by comparing sequences
     /// per aggregate, which holds only with `ordering: per_key`.
     pub fn needs_per_key_order(&self) -> bool {

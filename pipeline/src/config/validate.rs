@@ -408,7 +408,8 @@ fn parse_sink(
     };
     let overrides = overrides?;
     check_overrides(errors, &path, &overrides);
-    let consumer = merge(durable_prefix, defaults, &overrides);
+    let kind_concurrency = kind.as_ref().and_then(SinkKind::default_concurrency);
+    let consumer = merge(durable_prefix, defaults, &overrides, kind_concurrency);
     if let Some(kind) = &kind
         && kind.needs_per_key_order()
         && consumer.ordering != Ordering::PerKey
@@ -540,22 +541,29 @@ fn merge(
     durable_prefix: &str,
     defaults: &ConsumerOverrides,
     sink: &ConsumerOverrides,
+    kind_concurrency: Option<usize>,
 ) -> ConsumerSettings {
     let retries = [sink.retry.as_ref(), defaults.retry.as_ref()];
+    let max_ack_pending = sink
+        .max_ack_pending
+        .or(defaults.max_ack_pending)
+        .unwrap_or(DEFAULT_MAX_ACK_PENDING);
+    // More in flight than the server lets out (`max_ack_pending`) only
+    // waits; an explicit setting is kept as written.
+    let kind_concurrency = kind_concurrency
+        .map(|wanted| wanted.min(usize::try_from(max_ack_pending).unwrap_or(usize::MAX)));
     ConsumerSettings {
         durable_prefix: durable_prefix.to_owned(),
         ack_wait: sink
             .ack_wait
             .or(defaults.ack_wait)
             .unwrap_or(DEFAULT_ACK_WAIT),
-        max_ack_pending: sink
-            .max_ack_pending
-            .or(defaults.max_ack_pending)
-            .unwrap_or(DEFAULT_MAX_ACK_PENDING),
+        max_ack_pending,
         ordering: sink.ordering.or(defaults.ordering).unwrap_or_default(),
         concurrency: sink
             .concurrency
             .or(defaults.concurrency)
+            .or(kind_concurrency)
             .unwrap_or(DEFAULT_CONCURRENCY),
         retry: RetryPolicy {
             max_attempts: retries
@@ -909,6 +917,45 @@ consumers:
         assert_eq!(names, ["jl-orders-out_a", "jl-orders-out_b"]);
         assert_eq!(config.pipelines[1].routes, [0, 1]);
         assert_eq!(config.pipelines[1].filter_subjects, ["orders.>"]);
+    }
+
+    #[test]
+    fn a_postgres_sink_keeps_a_batch_in_flight_unless_told_otherwise() {
+        let config = |consumers: &str, batch: &str| {
+            load_str(&format!(
+                "
+nats: {{ url: nats://127.0.0.1:4222 }}
+sources:
+  orders: {{ stream: ORDERS, subjects: ['orders.>'] }}
+sinks:
+  table:
+    type: postgres
+    batch: {{ {batch} }}
+    on: {{ orders.OrderCreated: {{ sql: 'SELECT 1' }} }}
+  out: {{ type: jetstream, subject: 'out.{{aggregate_id}}' }}
+routes:
+  - {{ name: all, from: orders, to: [table, out] }}
+consumers: {{ {consumers} }}
+"
+            ))
+            .expect("valid")
+        };
+        let concurrency = |config: &Config, sink: &str| config.sinks[sink].consumer.concurrency;
+        let defaults = config("", "");
+        assert_eq!(concurrency(&defaults, "table"), 500, "batch.max_events");
+        assert_eq!(concurrency(&defaults, "out"), DEFAULT_CONCURRENCY);
+        let small = config("max_ack_pending: 100", "max_events: 2000");
+        assert_eq!(
+            concurrency(&small, "table"),
+            100,
+            "capped by max_ack_pending"
+        );
+        let explicit = config("concurrency: 8", "max_events: 2000");
+        assert_eq!(
+            concurrency(&explicit, "table"),
+            8,
+            "the file's setting wins"
+        );
     }
 
     #[test]

@@ -13,7 +13,12 @@
 //! in flight per aggregate; a second one waits for the next batch), so
 //! per-aggregate order holds across batches.
 
-use std::{collections::VecDeque, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet, VecDeque},
+    hash::{Hash, Hasher},
+    sync::Arc,
+    time::Duration,
+};
 
 use deadpool_postgres::{Pool, PoolError};
 use futures::future::join_all;
@@ -38,8 +43,14 @@ pub struct Job {
 }
 
 impl Job {
-    fn same_lane(&self, other: &Job) -> bool {
-        self.aggregate_id == other.aggregate_id && self.stream == other.stream
+    fn lane(&self) -> (&str, &str) {
+        (&self.stream, &self.aggregate_id)
+    }
+
+    fn lane_hash(&self) -> u64 {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        self.lane().hash(&mut hasher);
+        hasher.finish()
     }
 
     fn answer(self, result: Result<Applied, SinkError>) {
@@ -69,6 +80,28 @@ enum BatchError {
     Batch(SinkError),
 }
 
+/// A batch being gathered, with the hashes of its lanes so that asking
+/// whether it holds one costs a lookup, not a scan.
+#[derive(Default)]
+struct Batch {
+    jobs: Vec<Job>,
+    lanes: HashSet<u64>,
+}
+
+impl Batch {
+    fn push(&mut self, job: Job) {
+        self.lanes.insert(job.lane_hash());
+        self.jobs.push(job);
+    }
+
+    fn holds_lane_of(&self, job: &Job) -> bool {
+        // A hash seen before is confirmed by comparing lanes: two lanes may
+        // share one.
+        self.lanes.contains(&job.lane_hash())
+            && self.jobs.iter().any(|other| other.lane() == job.lane())
+    }
+}
+
 impl Writer {
     /// Writes batches until every sender is gone.
     pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
@@ -82,27 +115,29 @@ impl Writer {
                     None => return,
                 },
             };
-            let mut batch = vec![first];
+            let mut batch = Batch::default();
+            batch.push(first);
             // Events held back from the last batch go first, in order.
             let mut held = std::mem::take(&mut waiting);
             while let Some(job) = held.pop_front() {
-                if batch.len() < self.max_events && !batch.iter().any(|b| b.same_lane(&job)) {
+                if batch.jobs.len() < self.max_events && !batch.holds_lane_of(&job) {
                     batch.push(job);
                 } else {
                     waiting.push_back(job);
                 }
             }
             let deadline = tokio::time::Instant::now() + self.max_wait;
-            while batch.len() < self.max_events {
+            while batch.jobs.len() < self.max_events {
                 let Ok(Some(job)) = tokio::time::timeout_at(deadline, jobs.recv()).await else {
                     break;
                 };
-                if batch.iter().any(|b| b.same_lane(&job)) {
+                if batch.holds_lane_of(&job) {
                     waiting.push_back(job);
                 } else {
                     batch.push(job);
                 }
             }
+            let batch = batch.jobs;
             if !table_ready {
                 match self.create_checkpoint_table().await {
                     Ok(()) => table_ready = true,
@@ -209,6 +244,12 @@ impl Writer {
 
         let transaction = client.transaction().await.map_err(batch_error)?;
         let mut claimed = vec![false; batch.len()];
+        // A batch holds each lane once (see `Batch`).
+        let index_of: HashMap<(&str, &str), usize> = batch
+            .iter()
+            .enumerate()
+            .map(|(index, job)| (job.lane(), index))
+            .collect();
         let mut streams: Vec<&str> = batch.iter().map(|job| job.stream.as_ref()).collect();
         streams.sort_unstable();
         streams.dedup();
@@ -232,11 +273,8 @@ impl Writer {
                 .map_err(batch_error)?;
             for row in rows {
                 let aggregate: &str = row.try_get(0).map_err(batch_error)?;
-                if let Some(index) = batch
-                    .iter()
-                    .position(|job| job.stream.as_ref() == stream && job.aggregate_id == aggregate)
-                {
-                    claimed[index] = true;
+                if let Some(index) = index_of.get(&(stream, aggregate)) {
+                    claimed[*index] = true;
                 }
             }
         }
