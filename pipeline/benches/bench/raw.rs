@@ -39,10 +39,10 @@ pub const WINDOW: usize = 32;
 pub const MAX_ACK_PENDING: i64 = 1_000;
 /// Jetline fetches `max_ack_pending` clamped to 500 per pull.
 const FETCH_BATCH: usize = 500;
-/// Jetline's PostgreSQL batch at its defaults: `batch.max_events` (500)
-/// bounded by the events in flight (`concurrency` 32), written after
-/// `batch.max_wait` (50 ms) at the latest.
-pub const PG_BATCH: usize = 32;
+/// Jetline's PostgreSQL batch at its defaults: `batch.max_events` (500),
+/// with as many in flight (a postgres sink's default `concurrency`), written
+/// after `batch.max_wait` (50 ms) at the latest.
+pub const PG_BATCH: usize = 500;
 const PG_MAX_WAIT: Duration = Duration::from_millis(50);
 
 /// What a raw program writes each event to.
