@@ -9,7 +9,10 @@
 //! redelivery of the event the key waits for goes first.
 //! Memory is bounded by what the server delivers (`max_ack_pending`).
 
-use std::collections::{HashMap, VecDeque};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+};
 
 /// How a finished event leaves its key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,9 +72,11 @@ impl<T> KeyState<T> {
 pub struct Lanes<T> {
     concurrency: usize,
     in_flight: usize,
-    keys: HashMap<String, KeyState<T>>,
+    /// Keys are shared with `ready` and handed out with their events: one
+    /// allocation per key, however often it becomes ready.
+    keys: HashMap<Arc<str>, KeyState<T>>,
     /// Keys whose head may start, in the order they became ready.
-    ready: VecDeque<String>,
+    ready: VecDeque<Arc<str>>,
     /// Events without a key (ordering `none`, or undecodable).
     unkeyed: VecDeque<T>,
 }
@@ -90,16 +95,24 @@ impl<T> Lanes<T> {
     /// Admits a delivery. A second delivery of a sequence already queued
     /// replaces it; one of a sequence in flight is returned, to be dropped
     /// unacked (the running one will settle it).
-    pub fn admit(&mut self, key: Option<&str>, seq: u64, item: T) -> Option<T> {
+    pub fn admit<K>(&mut self, key: Option<K>, seq: u64, item: T) -> Option<T>
+    where
+        K: AsRef<str> + Into<Arc<str>>,
+    {
         let Some(key) = key else {
             self.unkeyed.push_back(item);
             return None;
         };
-        // The key is copied only when it is new: most events find theirs.
-        if !self.keys.contains_key(key) {
-            self.keys.insert(key.to_owned(), KeyState::new());
-        }
-        let state = self.keys.get_mut(key).expect("the key was inserted above");
+        // The key is taken only when it is new: most events find theirs.
+        let key: Arc<str> = match self.keys.get_key_value(key.as_ref()) {
+            Some((shared, _)) => Arc::clone(shared),
+            None => {
+                let key: Arc<str> = key.into();
+                self.keys.insert(Arc::clone(&key), KeyState::new());
+                key
+            }
+        };
+        let state = self.keys.get_mut(&*key).expect("the key is in the map");
         if state.in_flight == Some(seq) {
             return Some(item);
         }
@@ -116,13 +129,13 @@ impl<T> Lanes<T> {
         }
         if state.can_start() && !state.listed {
             state.listed = true;
-            self.ready.push_back(key.to_owned());
+            self.ready.push_back(key);
         }
         None
     }
 
     /// The next event to start, if a slot is free and one is ready.
-    pub fn next_ready(&mut self) -> Option<(Option<String>, u64, T, Dispatch)> {
+    pub fn next_ready(&mut self) -> Option<(Option<Arc<str>>, u64, T, Dispatch)> {
         if self.in_flight >= self.concurrency {
             return None;
         }
@@ -131,7 +144,7 @@ impl<T> Lanes<T> {
             return Some((None, 0, item, Dispatch::Apply));
         }
         while let Some(key) = self.ready.pop_front() {
-            let Some(state) = self.keys.get_mut(&key) else {
+            let Some(state) = self.keys.get_mut(&*key) else {
                 continue;
             };
             state.listed = false;
@@ -177,7 +190,9 @@ impl<T> Lanes<T> {
             }
         } else if state.can_start() && !state.listed {
             state.listed = true;
-            self.ready.push_back(key.to_owned());
+            if let Some((shared, _)) = self.keys.get_key_value(key) {
+                self.ready.push_back(Arc::clone(shared));
+            }
         }
     }
 
@@ -211,7 +226,7 @@ impl<T> Lanes<T> {
     /// kept from an earlier run).
     pub fn park(&mut self, key: &str) {
         self.keys
-            .entry(key.to_owned())
+            .entry(Arc::from(key))
             .or_insert_with(KeyState::new)
             .parked = true;
     }
@@ -245,7 +260,12 @@ mod tests {
     use super::*;
 
     fn drain(lanes: &mut Lanes<u64>) -> Vec<(Option<String>, u64)> {
-        std::iter::from_fn(|| lanes.next_ready().map(|(key, _, item, _)| (key, item))).collect()
+        std::iter::from_fn(|| {
+            lanes
+                .next_ready()
+                .map(|(key, _, item, _)| (key.map(|key| key.to_string()), item))
+        })
+        .collect()
     }
 
     #[test]
@@ -301,7 +321,7 @@ mod tests {
     fn concurrency_bounds_in_flight_and_parking_marks_later_events() {
         let mut lanes = Lanes::new(2);
         for seq in 1..=4 {
-            lanes.admit(Some(&format!("k{seq}")), seq, seq);
+            lanes.admit(Some(format!("k{seq}")), seq, seq);
         }
         assert_eq!(drain(&mut lanes).len(), 2);
         lanes.complete(Some("k1"), 1, Completion::DoneAndPark);
@@ -325,7 +345,7 @@ mod tests {
         lanes.admit(Some("a"), 1, 1);
         lanes.admit(Some("a"), 2, 2);
         lanes.admit(Some("b"), 3, 3);
-        lanes.admit(None, 0, 4);
+        lanes.admit(None::<&str>, 0, 4);
         assert_eq!(lanes.next_ready().map(|(_, _, item, _)| item), Some(4));
         assert_eq!(lanes.next_ready().map(|(_, _, item, _)| item), Some(1));
         let mut drained = lanes.drain_waiting();

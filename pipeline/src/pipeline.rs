@@ -689,8 +689,8 @@ impl<S: Sink> Pipeline<S> {
                     self.skip(&delivery, &envelope.event_type).await;
                     return;
                 }
-                let key = match self.settings.ordering {
-                    Ordering::PerKey => Some(envelope.aggregate_id.clone()),
+                let key: Option<Arc<str>> = match self.settings.ordering {
+                    Ordering::PerKey => Some(envelope.aggregate_id.as_str().into()),
                     Ordering::None => None,
                 };
                 if let Some(key) = key.as_deref()
@@ -715,7 +715,7 @@ impl<S: Sink> Pipeline<S> {
                 });
                 // A duplicate of an event in flight is dropped: the running
                 // one settles it.
-                let _ = lanes.admit(key.as_deref(), seq, work);
+                let _ = lanes.admit(key, seq, work);
             }
             Err(error) => {
                 if !self
@@ -728,7 +728,7 @@ impl<S: Sink> Pipeline<S> {
                 }
                 self.metrics.validation_failure(error.reason());
                 let trace = self.trace(&delivery, decode_time, Err(error.reason().as_str()));
-                let _ = lanes.admit(None, seq, Work::Reject(delivery, error, trace));
+                let _ = lanes.admit(None::<&str>, seq, Work::Reject(delivery, error, trace));
             }
         }
     }
@@ -1016,7 +1016,7 @@ fn pin_of(delivery: &Delivery) -> Option<&str> {
 
 /// One event being applied and settled; yields what the lanes need back.
 type InFlight<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = (Option<String>, u64, Completion)> + Send + 'a>,
+    Box<dyn std::future::Future<Output = (Option<Arc<str>>, u64, Completion)> + Send + 'a>,
 >;
 
 /// What a caught panic said, when it said it with a string.

@@ -141,23 +141,24 @@ impl Sink for JetStreamSink {
     }
 
     async fn apply(&self, event: &Event) -> Result<Applied, SinkError> {
-        let subject = self.publication.subject(event)?;
+        // Shared, not copied, between the publish and its error.
+        let subject = async_nats::Subject::from(self.publication.subject(event)?);
         let body = self.publication.body(event)?;
         let publish_error = |kind: PublishErrorKind, message: String| match kind {
             PublishErrorKind::StreamNotFound => SinkError::NoStream {
-                subject: subject.clone(),
+                subject: subject.to_string(),
             },
             PublishErrorKind::TimedOut => SinkError::Timeout(format!("publish ack for {subject}")),
             PublishErrorKind::BrokenPipe => SinkError::Connection(message),
             PublishErrorKind::MaxPayloadExceeded => SinkError::TooLarge {
-                subject: subject.clone(),
+                subject: subject.to_string(),
                 message,
             },
             PublishErrorKind::WrongLastMessageId
             | PublishErrorKind::WrongLastSequence
             | PublishErrorKind::MaxAckPending
             | PublishErrorKind::Other => SinkError::Publish {
-                subject: subject.clone(),
+                subject: subject.to_string(),
                 message,
             },
         };
