@@ -168,12 +168,15 @@ impl<T> Lanes<T> {
     }
 
     /// Reports that the event `seq` of `key` (as handed out) has finished.
-    pub fn complete(&mut self, key: Option<&str>, seq: u64, completion: Completion) {
+    pub fn complete<K>(&mut self, key: Option<K>, seq: u64, completion: Completion)
+    where
+        K: AsRef<str> + Into<Arc<str>>,
+    {
         self.in_flight = self.in_flight.saturating_sub(1);
         let Some(key) = key else {
             return;
         };
-        let Some(state) = self.keys.get_mut(key) else {
+        let Some(state) = self.keys.get_mut(key.as_ref()) else {
             return;
         };
         if state.in_flight == Some(seq) {
@@ -186,13 +189,12 @@ impl<T> Lanes<T> {
         }
         if state.queue.is_empty() && state.in_flight.is_none() && state.awaiting.is_none() {
             if !state.parked {
-                self.keys.remove(key);
+                self.keys.remove(key.as_ref());
             }
         } else if state.can_start() && !state.listed {
             state.listed = true;
-            if let Some((shared, _)) = self.keys.get_key_value(key) {
-                self.ready.push_back(Arc::clone(shared));
-            }
+            // The key handed out with the event: no copy, no second lookup.
+            self.ready.push_back(key.into());
         }
     }
 
@@ -353,7 +355,7 @@ mod tests {
         assert_eq!(drained, [2, 3]);
         assert!(lanes.next_ready().is_none());
         lanes.complete(Some("a"), 1, Completion::Done);
-        lanes.complete(None, 0, Completion::Done);
+        lanes.complete(None::<&str>, 0, Completion::Done);
         assert!(lanes.is_idle());
         // A later admission starts as on a fresh scheduler.
         lanes.admit(Some("a"), 5, 5);

@@ -253,11 +253,11 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
                 Some((key, seq, completion)) = in_flight.next() => {
-                    lanes.complete(key.as_deref(), seq, completion);
+                    lanes.complete(key, seq, completion);
                     // Settle everything that finished meanwhile before
                     // starting more, so ready keys are started together.
                     while let Some(Some((key, seq, completion))) = in_flight.next().now_or_never() {
-                        lanes.complete(key.as_deref(), seq, completion);
+                        lanes.complete(key, seq, completion);
                     }
                     // Nothing starts after a reconnect before the pin is
                     // known to be this replica's still.
@@ -359,7 +359,7 @@ impl<S: Sink> Pipeline<S> {
         active: &mut Option<Active>,
     ) {
         while let Some((key, seq, completion)) = in_flight.next().await {
-            lanes.complete(key.as_deref(), seq, completion);
+            lanes.complete(key, seq, completion);
         }
         let mut unread = Vec::new();
         if let Some(mut stream) = messages.take() {

@@ -89,16 +89,17 @@ struct Batch {
 }
 
 impl Batch {
-    fn push(&mut self, job: Job) {
-        self.lanes.insert(job.lane_hash());
-        self.jobs.push(job);
-    }
-
-    fn holds_lane_of(&self, job: &Job) -> bool {
+    /// Adds `job`, or hands it back when the batch holds its lane already.
+    fn try_push(&mut self, job: Job) -> Result<(), Job> {
+        let hash = job.lane_hash();
         // A hash seen before is confirmed by comparing lanes: two lanes may
         // share one.
-        self.lanes.contains(&job.lane_hash())
-            && self.jobs.iter().any(|other| other.lane() == job.lane())
+        if self.lanes.contains(&hash) && self.jobs.iter().any(|other| other.lane() == job.lane()) {
+            return Err(job);
+        }
+        self.lanes.insert(hash);
+        self.jobs.push(job);
+        Ok(())
     }
 }
 
@@ -108,34 +109,29 @@ impl Writer {
         let mut table_ready = false;
         let mut waiting: VecDeque<Job> = VecDeque::new();
         loop {
-            let first = match waiting.pop_front() {
-                Some(job) => job,
-                None => match jobs.recv().await {
-                    Some(job) => job,
+            if waiting.is_empty() {
+                match jobs.recv().await {
+                    Some(job) => waiting.push_back(job),
                     None => return,
-                },
-            };
+                }
+            }
             let mut batch = Batch::default();
-            batch.push(first);
             // Events held back from the last batch go first, in order.
             let mut held = std::mem::take(&mut waiting);
             while let Some(job) = held.pop_front() {
-                if batch.jobs.len() < self.max_events && !batch.holds_lane_of(&job) {
-                    batch.push(job);
+                let refused = if batch.jobs.len() < self.max_events {
+                    batch.try_push(job).err()
                 } else {
-                    waiting.push_back(job);
-                }
+                    Some(job)
+                };
+                waiting.extend(refused);
             }
             let deadline = tokio::time::Instant::now() + self.max_wait;
             while batch.jobs.len() < self.max_events {
                 let Ok(Some(job)) = tokio::time::timeout_at(deadline, jobs.recv()).await else {
                     break;
                 };
-                if batch.holds_lane_of(&job) {
-                    waiting.push_back(job);
-                } else {
-                    batch.push(job);
-                }
+                waiting.extend(batch.try_push(job).err());
             }
             let batch = batch.jobs;
             if !table_ready {
