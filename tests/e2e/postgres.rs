@@ -1,7 +1,8 @@
 //! The PostgreSQL sink against a real server: exactly-once effect with
 //! Jetline killed mid-batch and restarted, PostgreSQL restarted mid-stream,
 //! and a constraint violation dead-lettering its event while the rest of its
-//! batch is applied.
+//! batch is applied; statements run per event and per batch (`per: batch`,
+//! arrays read with `unnest`).
 //!
 //! The statements count every application (`events = events + 1`), so an
 //! event applied twice or lost shows in the table.
@@ -14,9 +15,23 @@ use crate::support::*;
 
 const TIMEOUT: Duration = Duration::from_secs(90);
 
+/// How often a test's statements run: `per: event` or `per: batch`.
+#[derive(Debug, Clone, Copy)]
+enum Per {
+    Event,
+    Batch,
+}
+
 /// A sink counting each order's applied events, their total and the stream
 /// sequences in the order applied. `settings` go into the sink's block.
-fn counting_config(url: &str, stream: &str, table: &str, settings: &str) -> String {
+fn counting_config(url: &str, stream: &str, table: &str, per: Per, settings: &str) -> String {
+    let (rows, per) = match per {
+        Per::Event => ("VALUES ($1, 1, $2, ARRAY[$3])", "event"),
+        Per::Batch => (
+            "SELECT id, 1, total, ARRAY[seq] FROM unnest($1::text[], $2::int8[], $3::int8[]) AS e (id, total, seq)",
+            "batch",
+        ),
+    };
     let block = format!(
         "    type: postgres
     url_env: {stream}_DATABASE_URL
@@ -25,10 +40,11 @@ fn counting_config(url: &str, stream: &str, table: &str, settings: &str) -> Stri
     on:
       orders.OrderCreated:
         sql: >-
-          INSERT INTO {table} (id, events, total, seen) VALUES ($1, 1, $2, ARRAY[$3])
+          INSERT INTO {table} (id, events, total, seen) {rows}
           ON CONFLICT (id) DO UPDATE SET events = {table}.events + 1,
           total = {table}.total + EXCLUDED.total, seen = {table}.seen || EXCLUDED.seen
-        params: [aggregate_id, payload.total_amount_cents, source_seq]"
+        params: [aggregate_id, payload.total_amount_cents, source_seq]
+        per: {per}"
     );
     single_sink_yaml(url, stream, "counts", &block)
 }
@@ -116,11 +132,19 @@ async fn assert_counted_once_in_order(
 
 #[tokio::test]
 async fn exactly_once_with_jetline_killed_mid_batch_and_restarted() {
+    killed_mid_batch("PGKILL", "pg_kill_counts", Per::Event).await;
+}
+
+#[tokio::test]
+async fn exactly_once_per_batch_with_jetline_killed_mid_batch_and_restarted() {
+    killed_mid_batch("PGKILLSET", "pg_kill_set_counts", Per::Batch).await;
+}
+
+async fn killed_mid_batch(stream: &str, table: &str, per: Per) {
     let server = NatsServer::start();
     let js = server.jetstream().await;
     let database = Postgres::start();
     let client = database.client().await;
-    let (stream, table) = ("PGKILL", "pg_kill_counts");
     create_stream(&js, stream, &[&format!("{stream}.>")]).await;
     create_counts_table(&client, table).await;
     let (aggregates, per_aggregate) = (50, 60);
@@ -131,11 +155,13 @@ async fn exactly_once_with_jetline_killed_mid_batch_and_restarted() {
         &server.url(),
         stream,
         table,
+        per,
         // A short ack_wait: the events left unacked by the killed process
         // come back within seconds.
         "concurrency: 64\n    ack_wait: 4s\n    retry: { backoff: [200ms, 1s] }\n    batch: { max_events: 64, max_wait: 20ms }",
     );
-    let env = [("PGKILL_DATABASE_URL", database.url())];
+    let variable = format!("{stream}_DATABASE_URL");
+    let env = [(variable.as_str(), database.url())];
     let first = Process::start_with_env(&yaml, &env);
     let before_kill = eventually(TIMEOUT, "some batches committed", || async {
         let applied = applied_events(&client, table).await;
@@ -173,6 +199,7 @@ async fn a_postgres_restart_mid_stream_loses_and_repeats_nothing() {
         &server.url(),
         stream,
         table,
+        Per::Event,
         "retry: { backoff: [100ms, 300ms], max_attempts: 1000, jitter: 0.0 }\n    batch: { max_events: 20, max_wait: 10ms }",
     );
     let jetline = Process::start_with_env(&yaml, &[("PGRESTART_DATABASE_URL", database.url())]);
@@ -194,18 +221,30 @@ async fn a_postgres_restart_mid_stream_loses_and_repeats_nothing() {
 
 #[tokio::test]
 async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied() {
+    constraint_violation("PGCHECK", Per::Event).await;
+}
+
+/// A statement run once for a batch fails as a whole: the batch is written
+/// again with that statement run per event, so only the refused event is
+/// dead-lettered.
+#[tokio::test]
+async fn a_constraint_violation_per_batch_dead_letters_only_its_event() {
+    constraint_violation("PGCHECKSET", Per::Batch).await;
+}
+
+async fn constraint_violation(stream: &str, per: Per) {
     let server = NatsServer::start();
     let js = server.jetstream().await;
     let database = Postgres::start();
     let client = database.client().await;
-    let stream = "PGCHECK";
+    let table = format!("{}_orders", stream.to_lowercase());
     create_stream(&js, stream, &[&format!("{stream}.>")]).await;
     client
-        .batch_execute(
-            "CREATE TABLE pg_check_orders (id text PRIMARY KEY, customer_id text NOT NULL, \
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (id text PRIMARY KEY, customer_id text NOT NULL, \
              total_cents bigint NOT NULL CHECK (total_cents >= 0), status text NOT NULL, \
              tracking_number text, created_at timestamptz NOT NULL)",
-        )
+        ))
         .await
         .expect("table created");
 
@@ -216,41 +255,59 @@ async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied(
     for k in 0..orders {
         let cents = if rejected(k) { -1 } else { k as i64 * 10 };
         events.push(Outgoing::binary(
-            "PGCHECK.created",
+            &format!("{stream}.created"),
             &created_v3(&format!("c-{k}"), &format!("order-{k}"), cents),
         ));
     }
     for k in (0..orders).step_by(2) {
         events.push(Outgoing::binary(
-            "PGCHECK.shipped",
+            &format!("{stream}.shipped"),
             &shipped_v1(&format!("s-{k}"), &format!("order-{k}"), &format!("T{k}")),
         ));
     }
     let published = events.len() as u64;
     publish_all(&js, events).await;
 
+    let statements = match per {
+        Per::Event => format!(
+            "      orders.OrderCreated:
+        sql: \"INSERT INTO {table} (id, customer_id, total_cents, status, created_at) VALUES ($1, $2, $3, 'created', $4) ON CONFLICT (id) DO NOTHING\"
+        params: [aggregate_id, payload.customer_id, payload.total_amount_cents, occurred_at]
+      orders.OrderShipped:
+        sql: \"UPDATE {table} SET status = 'shipped', tracking_number = $2 WHERE id = $1\"
+        params: [aggregate_id, payload.tracking_number]"
+        ),
+        Per::Batch => format!(
+            "      orders.OrderCreated:
+        sql: \"INSERT INTO {table} (id, customer_id, total_cents, status, created_at) SELECT id, customer, total, 'created', at FROM unnest($1::text[], $2::text[], $3::int8[], $4::timestamptz[]) AS e (id, customer, total, at) ON CONFLICT (id) DO NOTHING\"
+        params: [aggregate_id, payload.customer_id, payload.total_amount_cents, occurred_at]
+        per: batch
+      orders.OrderShipped:
+        sql: \"UPDATE {table} AS o SET status = 'shipped', tracking_number = e.tracking FROM unnest($1::text[], $2::text[]) AS e (id, tracking) WHERE o.id = e.id\"
+        params: [aggregate_id, payload.tracking_number]
+        per: batch"
+        ),
+    };
     let yaml = single_sink_yaml(
         &server.url(),
         stream,
         "orders_table",
-        "    type: postgres
-    url_env: PGCHECK_DATABASE_URL
-    checkpoint_table: pg_check_checkpoints
+        &format!(
+            "    type: postgres
+    url_env: {stream}_DATABASE_URL
+    checkpoint_table: {table}_checkpoints
     concurrency: 200
-    batch: { max_events: 200, max_wait: 200ms }
+    batch: {{ max_events: 200, max_wait: 200ms }}
     on:
-      orders.OrderCreated:
-        sql: \"INSERT INTO pg_check_orders (id, customer_id, total_cents, status, created_at) VALUES ($1, $2, $3, 'created', $4) ON CONFLICT (id) DO NOTHING\"
-        params: [aggregate_id, payload.customer_id, payload.total_amount_cents, occurred_at]
-      orders.OrderShipped:
-        sql: \"UPDATE pg_check_orders SET status = 'shipped', tracking_number = $2 WHERE id = $1\"
-        params: [aggregate_id, payload.tracking_number]",
+{statements}"
+        ),
     );
-    let jetline = Process::start_with_env(&yaml, &[("PGCHECK_DATABASE_URL", database.url())]);
+    let variable = format!("{stream}_DATABASE_URL");
+    let jetline = Process::start_with_env(&yaml, &[(variable.as_str(), database.url())]);
     until_settled(&js, stream, "orders_table").await;
     drop(jetline);
 
-    let letters = stream_messages(&js, "DLQ_PGCHECK").await;
+    let letters = stream_messages(&js, &format!("DLQ_{stream}")).await;
     let rejected_ids: Vec<String> = (0..orders)
         .filter(|k| rejected(*k))
         .map(|k| format!("c-{k}"))
@@ -278,7 +335,7 @@ async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied(
 
     let rows = client
         .query(
-            "SELECT id, total_cents, status, tracking_number FROM pg_check_orders",
+            &format!("SELECT id, total_cents, status, tracking_number FROM {table}"),
             &[],
         )
         .await
@@ -309,7 +366,7 @@ async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied(
         .count();
     assert_eq!((stored.len() + shipments + letters.len()) as u64, published);
     let checkpoints: i64 = client
-        .query_one("SELECT count(*) FROM pg_check_checkpoints", &[])
+        .query_one(&format!("SELECT count(*) FROM {table}_checkpoints"), &[])
         .await
         .expect("checkpoints")
         .get(0);
@@ -320,7 +377,13 @@ async fn a_constraint_violation_dead_letters_its_event_and_the_batch_is_applied(
 async fn a_missing_connection_string_stops_jetline_with_exit_2_naming_the_key() {
     use std::io::Write;
     let server = NatsServer::start();
-    let yaml = counting_config(&server.url(), "PGMISSING", "pg_missing_counts", "");
+    let yaml = counting_config(
+        &server.url(),
+        "PGMISSING",
+        "pg_missing_counts",
+        Per::Event,
+        "",
+    );
     let mut file = tempfile::NamedTempFile::new().expect("config file");
     file.write_all(yaml.as_bytes()).expect("written");
     let output = tokio::process::Command::new(jetline_bin())
@@ -356,6 +419,7 @@ async fn replay_with_reset_rebuilds_the_table_exactly_once() {
         &server.url(),
         stream,
         table,
+        Per::Batch,
         &format!("reset_sql: \"TRUNCATE {table}\""),
     );
     let env = [("PGREPLAY_DATABASE_URL", database.url())];

@@ -151,18 +151,21 @@ fn sink_block(bench: &Bench, mode: Mode, name: &str) -> String {
       orders.OrderCreated: {{ set: {{ status: created, customer_id: payload.customer_id, total_cents: payload.total_amount_cents }}, increment: {{ events: 1 }} }}
       orders.OrderShipped: {{ set: {{ status: shipped, tracking_number: payload.tracking_number }}, increment: {{ events: 1 }} }}"
         ),
-        // The same rows as the raw COPY writes.
+        // The same rows as the raw COPY writes, one statement per batch
+        // and event type as the COPY is one per batch.
         Mode::Postgres => format!(
             "    type: postgres
     url_env: BENCH_DATABASE_URL
     checkpoint_table: {name}_cp
     on:
       orders.OrderCreated:
-        sql: \"INSERT INTO {name} (event_id, aggregate_id, event_type, amount_cents, detail) VALUES ($1, $2, 'created', $3, $4)\"
+        sql: \"INSERT INTO {name} (event_id, aggregate_id, event_type, amount_cents, detail) SELECT id, aggregate, 'created', amount, detail FROM unnest($1::text[], $2::text[], $3::int8[], $4::text[]) AS e (id, aggregate, amount, detail)\"
         params: [event_id, aggregate_id, payload.total_amount_cents, payload.customer_id]
+        per: batch
       orders.OrderShipped:
-        sql: \"INSERT INTO {name} (event_id, aggregate_id, event_type, amount_cents, detail) VALUES ($1, $2, 'shipped', NULL, $3)\"
-        params: [event_id, aggregate_id, payload.tracking_number]"
+        sql: \"INSERT INTO {name} (event_id, aggregate_id, event_type, amount_cents, detail) SELECT id, aggregate, 'shipped', NULL, detail FROM unnest($1::text[], $2::text[], $3::text[]) AS e (id, aggregate, detail)\"
+        params: [event_id, aggregate_id, payload.tracking_number]
+        per: batch"
         ),
         Mode::Http => format!("    type: http\n    url: \"{}\"", bench.receiver.url(name)),
     }

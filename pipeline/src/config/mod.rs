@@ -121,11 +121,14 @@ impl SinkKind {
     }
 
     /// The events in flight this kind works best with when the file names
-    /// none: a PostgreSQL sink writes a transaction of up to
-    /// `batch.max_events`, which only fills with that many in flight.
+    /// none: a PostgreSQL sink writes up to `pool_size` transactions of up
+    /// to `batch.max_events` at once, which only fill with that many in
+    /// flight.
     pub fn default_concurrency(&self) -> Option<usize> {
         match self {
-            SinkKind::Postgres(config) => Some(config.batch.max_events),
+            SinkKind::Postgres(config) => {
+                Some(config.batch.max_events.saturating_mul(config.pool_size))
+            }
             SinkKind::JetStream(_) | SinkKind::Kv(_) | SinkKind::Http(_) | SinkKind::Custom => None,
         }
     }

@@ -920,7 +920,7 @@ consumers:
     }
 
     #[test]
-    fn a_postgres_sink_keeps_a_batch_in_flight_unless_told_otherwise() {
+    fn a_postgres_sink_keeps_its_batches_in_flight_unless_told_otherwise() {
         let config = |consumers: &str, batch: &str| {
             load_str(&format!(
                 "
@@ -941,21 +941,40 @@ consumers: {{ {consumers} }}
             .expect("valid")
         };
         let concurrency = |config: &Config, sink: &str| config.sinks[sink].consumer.concurrency;
-        let defaults = config("", "");
-        assert_eq!(concurrency(&defaults, "table"), 500, "batch.max_events");
-        assert_eq!(concurrency(&defaults, "out"), DEFAULT_CONCURRENCY);
-        let small = config("max_ack_pending: 100", "max_events: 2000");
-        assert_eq!(
-            concurrency(&small, "table"),
-            100,
-            "capped by max_ack_pending"
-        );
-        let explicit = config("concurrency: 8", "max_events: 2000");
-        assert_eq!(
-            concurrency(&explicit, "table"),
-            8,
-            "the file's setting wins"
-        );
+        assert_eq!(concurrency(&config("", ""), "out"), DEFAULT_CONCURRENCY);
+        let cases = [
+            (
+                "",
+                "",
+                1000,
+                "batch.max_events x pool_size, capped by the default max_ack_pending",
+            ),
+            (
+                "max_ack_pending: 5000",
+                "max_events: 300",
+                1200,
+                "batch.max_events x pool_size",
+            ),
+            (
+                "max_ack_pending: 100",
+                "max_events: 2000",
+                100,
+                "capped by max_ack_pending",
+            ),
+            (
+                "concurrency: 8",
+                "max_events: 2000",
+                8,
+                "the file's setting wins",
+            ),
+        ];
+        for (consumers, batch, expected, why) in cases {
+            assert_eq!(
+                concurrency(&config(consumers, batch), "table"),
+                expected,
+                "{why}"
+            );
+        }
     }
 
     #[test]
@@ -985,6 +1004,11 @@ consumers: {{ {consumers} }}
                 "sinks:",
                 "sinks:\n  out_a: { type: kafka }\n",
                 "sinks.out_a.type",
+            ),
+            (
+                "sinks:",
+                "sinks:\n  out_a: { type: postgres, on: { orders.OrderCreated: { sql: 'SELECT 1', per: row } } }\n",
+                "sinks.out_a.on.orders.OrderCreated.per",
             ),
             (
                 "sinks:",

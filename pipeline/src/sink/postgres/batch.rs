@@ -1,31 +1,41 @@
 //! The batch writer of one PostgreSQL sink: a task fed by a bounded channel
 //! that gathers concurrent events into one transaction and answers each
-//! through its oneshot once the transaction committed.
+//! through its oneshot once the transaction committed. Up to `pool_size`
+//! transactions run at once, so the next batch fills while one is written.
 //!
 //! In each transaction, the events first claim their checkpoint row
 //! (`sink`, `stream`, `aggregate_id`) -> `last_seq`: only events above it
 //! claim it, the others were applied before and are skipped. Then the
-//! claimed events' statements run, pipelined, and the transaction commits.
+//! claimed events' statements run, pipelined: a `per: event` statement once
+//! per event, a `per: batch` statement once with arrays of its events'
+//! parameters. Then the transaction commits.
 //!
 //! **Invariant:** an event's effect and its checkpoint commit together, so a
-//! redelivered event (after a crash, a lost ack, a retry) is skipped. A batch
-//! never holds two events of one aggregate of one stream (the lanes keep one
-//! in flight per aggregate; a second one waits for the next batch), so
-//! per-aggregate order holds across batches.
+//! redelivered event (after a crash, a lost ack, a retry) is skipped. No
+//! batch holds two events of one aggregate of one stream, nor one held by a
+//! batch being written (the lanes keep one in flight per aggregate; another
+//! waits for a later batch), so per-aggregate order holds across batches.
 
 use std::{
-    collections::{HashMap, HashSet, VecDeque},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     hash::{Hash, Hasher},
     sync::Arc,
     time::Duration,
 };
 
 use deadpool_postgres::{Pool, PoolError};
-use futures::future::join_all;
+use futures::{
+    StreamExt,
+    future::{Either, join_all},
+    stream::FuturesUnordered,
+};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
-use super::sql::{self, SqlValue, Statement};
+use super::{
+    config::Per,
+    sql::{self, SqlValue, Statement},
+};
 use crate::{
     sink::{Applied, ErrorClass, SinkError, with_causes},
     telemetry,
@@ -68,6 +78,8 @@ pub struct Writer {
     pub max_events: usize,
     /// ...or this long after its first event.
     pub max_wait: Duration,
+    /// Transactions at once, at most (one connection each).
+    pub max_writes: usize,
 }
 
 /// Why a batch was not committed.
@@ -76,6 +88,9 @@ enum BatchError {
     Event { index: usize, error: SinkError },
     /// Every event of the statement `statement` fails (it cannot be prepared).
     Statement { statement: usize, error: SinkError },
+    /// The statement `statement`, run once for its events of the batch,
+    /// failed: which event caused it is not known yet.
+    Together { statement: usize, error: SinkError },
     /// The batch as a whole (connection, commit).
     Batch(SinkError),
 }
@@ -89,9 +104,13 @@ struct Batch {
 }
 
 impl Batch {
-    /// Adds `job`, or hands it back when the batch holds its lane already.
-    fn try_push(&mut self, job: Job) -> Result<(), Job> {
+    /// Adds `job`, or hands it back when the batch holds its lane already or
+    /// a batch being written does.
+    fn try_push(&mut self, job: Job, writing: &Writing) -> Result<(), Job> {
         let hash = job.lane_hash();
+        if writing.holds(hash) {
+            return Err(job);
+        }
         // A hash seen before is confirmed by comparing lanes: two lanes may
         // share one.
         if self.lanes.contains(&hash) && self.jobs.iter().any(|other| other.lane() == job.lane()) {
@@ -103,16 +122,57 @@ impl Batch {
     }
 }
 
+/// The lanes of the batches being written. No two transactions at once hold
+/// one lane, so a lane's events commit in order. Lanes are kept by hash: two
+/// lanes sharing one only delay an event to a later batch.
+#[derive(Default)]
+struct Writing {
+    lanes: HashMap<u64, usize>,
+}
+
+impl Writing {
+    fn holds(&self, hash: u64) -> bool {
+        self.lanes.contains_key(&hash)
+    }
+
+    fn add(&mut self, lanes: &HashSet<u64>) {
+        for hash in lanes {
+            *self.lanes.entry(*hash).or_default() += 1;
+        }
+    }
+
+    fn release(&mut self, lanes: HashSet<u64>) {
+        for hash in lanes {
+            if let Some(count) = self.lanes.get_mut(&hash) {
+                *count -= 1;
+                if *count == 0 {
+                    self.lanes.remove(&hash);
+                }
+            }
+        }
+    }
+}
+
 impl Writer {
-    /// Writes batches until every sender is gone.
+    /// Writes batches until every sender is gone, up to `max_writes` at
+    /// once: the next batch fills while the last one is written.
     pub async fn run(self, mut jobs: mpsc::Receiver<Job>) {
+        let writer = &self;
         let mut table_ready = false;
         let mut waiting: VecDeque<Job> = VecDeque::new();
+        let mut writing = Writing::default();
+        let mut writes = FuturesUnordered::new();
         loop {
             if waiting.is_empty() {
-                match jobs.recv().await {
-                    Some(job) => waiting.push_back(job),
-                    None => return,
+                tokio::select! {
+                    Some(lanes) = writes.next() => {
+                        writing.release(lanes);
+                        continue;
+                    }
+                    job = jobs.recv() => match job {
+                        Some(job) => waiting.push_back(job),
+                        None => break,
+                    },
                 }
             }
             let mut batch = Batch::default();
@@ -120,7 +180,7 @@ impl Writer {
             let mut held = std::mem::take(&mut waiting);
             while let Some(job) = held.pop_front() {
                 let refused = if batch.jobs.len() < self.max_events {
-                    batch.try_push(job).err()
+                    batch.try_push(job, &writing).err()
                 } else {
                     Some(job)
                 };
@@ -128,33 +188,56 @@ impl Writer {
             }
             let deadline = tokio::time::Instant::now() + self.max_wait;
             while batch.jobs.len() < self.max_events {
-                let Ok(Some(job)) = tokio::time::timeout_at(deadline, jobs.recv()).await else {
-                    break;
-                };
-                waiting.extend(batch.try_push(job).err());
+                tokio::select! {
+                    Some(lanes) = writes.next() => writing.release(lanes),
+                    job = tokio::time::timeout_at(deadline, jobs.recv()) => match job {
+                        Ok(Some(job)) => waiting.extend(batch.try_push(job, &writing).err()),
+                        Ok(None) | Err(_) => break,
+                    },
+                }
             }
-            let batch = batch.jobs;
+            if batch.jobs.is_empty() {
+                // Every event waiting is of a lane being written.
+                if let Some(lanes) = writes.next().await {
+                    writing.release(lanes);
+                }
+                continue;
+            }
+            while writes.len() >= self.max_writes {
+                if let Some(lanes) = writes.next().await {
+                    writing.release(lanes);
+                }
+            }
             if !table_ready {
                 match self.create_checkpoint_table().await {
                     Ok(()) => table_ready = true,
                     Err(error) => {
-                        for job in batch {
+                        for job in batch.jobs {
                             job.answer(Err(error.clone()));
                         }
                         continue;
                     }
                 }
             }
-            self.write(batch).await;
+            writing.add(&batch.lanes);
+            let Batch { jobs: batch, lanes } = batch;
+            writes.push(async move {
+                writer.write(batch).await;
+                lanes
+            });
         }
+        while writes.next().await.is_some() {}
     }
 
     /// Writes `batch`; an event whose statement is rejected is answered with
     /// that error and the rest is written again without it.
     async fn write(&self, mut batch: Vec<Job>) {
         telemetry::sink_batch(&self.sink, batch.len());
+        // Statements run per batch that failed for this batch: they run once
+        // per event from then on, so that the failing event is found.
+        let mut one_by_one = HashSet::new();
         while !batch.is_empty() {
-            match self.transaction(&batch).await {
+            match self.transaction(&batch, &one_by_one).await {
                 Ok(claimed) => {
                     for (job, claimed) in batch.into_iter().zip(claimed) {
                         job.answer(Ok(if claimed {
@@ -170,6 +253,16 @@ impl Writer {
                 {
                     batch.remove(index).answer(Err(error));
                 }
+                Err(BatchError::Together { statement, error })
+                    if error.class() == ErrorClass::Permanent =>
+                {
+                    tracing::debug!(
+                        sink = %self.sink,
+                        error = %error,
+                        "A statement run per batch failed; running it per event to find the cause"
+                    );
+                    one_by_one.insert(statement);
+                }
                 Err(BatchError::Statement { statement, error })
                     if error.class() == ErrorClass::Permanent =>
                 {
@@ -184,6 +277,7 @@ impl Writer {
                 Err(
                     BatchError::Event { error, .. }
                     | BatchError::Statement { error, .. }
+                    | BatchError::Together { error, .. }
                     | BatchError::Batch(error),
                 ) => {
                     for job in batch {
@@ -197,7 +291,11 @@ impl Writer {
 
     /// One attempt at the batch: which events were claimed (applied now), or
     /// what failed.
-    async fn transaction(&self, batch: &[Job]) -> Result<Vec<bool>, BatchError> {
+    async fn transaction(
+        &self,
+        batch: &[Job],
+        one_by_one: &HashSet<usize>,
+    ) -> Result<Vec<bool>, BatchError> {
         let mut client = self.pool.get().await.map_err(pool_error)?;
         // Prepared outside the transaction, once per connection (cached), so
         // a statement that cannot be prepared is told apart from the batch.
@@ -208,13 +306,13 @@ impl Writer {
             }
             let statement = &self.statements[job.statement];
             let ready = client
-                .prepare_typed_cached(&statement.sql, &statement.types)
+                .prepare_typed_cached(&statement.sql, &statement.prepared_types)
                 .await
                 .map_err(|err| BatchError::Statement {
                     statement: job.statement,
                     error: sql::sink_error(&err),
                 })?;
-            if ready.params().len() != statement.types.len() {
+            if ready.params().len() != statement.prepared_types.len() {
                 return Err(BatchError::Statement {
                     statement: job.statement,
                     error: SinkError::StatementRejected {
@@ -276,41 +374,78 @@ impl Writer {
         }
 
         // Pipelined: every statement is sent before the first answer comes.
-        let writes = batch
-            .iter()
-            .zip(&claimed)
-            .enumerate()
-            .filter(|(_, (_, claimed))| **claimed)
-            .filter_map(|(index, (job, _))| {
-                let statement = prepared[job.statement].as_ref()?;
-                let transaction = &transaction;
-                Some(async move {
-                    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = job
-                        .params
-                        .iter()
-                        .map(|param| param as &(dyn tokio_postgres::types::ToSql + Sync))
-                        .collect();
-                    (index, transaction.execute(statement, &params).await)
-                })
-            });
-        let results = join_all(writes).await;
+        let mut per_event = Vec::new();
+        let mut per_batch: BTreeMap<usize, Vec<&Job>> = BTreeMap::new();
+        for (index, job) in batch.iter().enumerate() {
+            if !claimed[index] {
+                continue;
+            }
+            let statement = &self.statements[job.statement];
+            match statement.per {
+                Per::Batch if !one_by_one.contains(&job.statement) => {
+                    per_batch.entry(job.statement).or_default().push(job);
+                }
+                Per::Batch | Per::Event => per_event.push((index, job)),
+            }
+        }
+        let open = &transaction;
+        let prepared = &prepared;
+        let statement_of = |job: &Job| {
+            prepared[job.statement]
+                .as_ref()
+                .map(|ready| (ready, self.statements[job.statement].per))
+        };
+        let events = per_event.into_iter().filter_map(|(index, job)| {
+            let (ready, per) = statement_of(job)?;
+            Some(async move {
+                let result = match per {
+                    Per::Event => open.execute(ready, &params_of(&job.params)).await,
+                    // One event's arrays, of one element each.
+                    Per::Batch => {
+                        let columns: Vec<Vec<&SqlValue>> =
+                            job.params.iter().map(|value| vec![value]).collect();
+                        open.execute(ready, &params_of(&columns)).await
+                    }
+                };
+                (Target::Event(index), result)
+            })
+        });
+        let statements = per_batch.into_iter().filter_map(|(statement, jobs)| {
+            let (ready, _) = statement_of(jobs.first()?)?;
+            Some(async move {
+                let columns: Vec<Vec<&SqlValue>> = (0..self.statements[statement].types.len())
+                    .map(|param| jobs.iter().map(|job| &job.params[param]).collect())
+                    .collect();
+                let result = open.execute(ready, &params_of(&columns)).await;
+                (Target::Statement(statement), result)
+            })
+        });
+        let results: Vec<(Target, Result<u64, tokio_postgres::Error>)> = join_all(
+            events
+                .map(Either::Left)
+                .chain(statements.map(Either::Right)),
+        )
+        .await;
         // The first failure aborts the transaction; those after it only say
         // so (25P02), the cause is the one that does not.
         let failure = results
             .iter()
-            .filter_map(|(index, result)| result.as_ref().err().map(|err| (*index, err)))
+            .filter_map(|(target, result)| result.as_ref().err().map(|err| (*target, err)))
             .find(|(_, err)| err.code().map(|state| state.code()) != Some("25P02"))
             .or_else(|| {
                 results
                     .iter()
-                    .find_map(|(index, result)| result.as_ref().err().map(|err| (*index, err)))
+                    .find_map(|(target, result)| result.as_ref().err().map(|err| (*target, err)))
             });
-        if let Some((index, error)) = failure {
+        if let Some((target, error)) = failure {
             let error = sql::sink_error(error);
             // A connection-level failure is the batch's, not the event's.
-            return Err(match error.class() {
-                ErrorClass::Permanent => BatchError::Event { index, error },
-                ErrorClass::Transient => BatchError::Batch(error),
+            return Err(match (error.class(), target) {
+                (ErrorClass::Permanent, Target::Event(index)) => BatchError::Event { index, error },
+                (ErrorClass::Permanent, Target::Statement(statement)) => {
+                    BatchError::Together { statement, error }
+                }
+                (ErrorClass::Transient, _) => BatchError::Batch(error),
             });
         }
         transaction.commit().await.map_err(batch_error)?;
@@ -357,6 +492,23 @@ impl Writer {
             .await
             .map_err(|err| transient(sql::sink_error(&err)))
     }
+}
+
+/// What one pipelined statement wrote for.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    /// The batch's `index`th event.
+    Event(usize),
+    /// Every claimed event of the statement run per batch.
+    Statement(usize),
+}
+
+/// Parameters as the client takes them.
+fn params_of<T: ToSql + Sync>(values: &[T]) -> Vec<&(dyn ToSql + Sync)> {
+    values
+        .iter()
+        .map(|value| value as &(dyn ToSql + Sync))
+        .collect()
 }
 
 /// A failure of the batch's own work (checkpoints, commit) is no event's

@@ -95,6 +95,23 @@ pub struct StatementConfig {
     /// from the schema (text, int8, float8, bool, bytea, timestamptz, jsonb).
     #[serde(default)]
     pub params: Vec<ValuePath>,
+    /// How often the statement runs in a transaction (default `event`).
+    #[serde(default)]
+    pub per: Per,
+}
+
+/// How often a statement runs in a batch's transaction.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Per {
+    /// Once per event; each `$n` is one value.
+    #[default]
+    Event,
+    /// Once per batch, for the batch's events of this type; each `$n` is the
+    /// array of that parameter over them, in batch order (`text[]`,
+    /// `int8[]`, ...), read with `unnest($1::text[], $2::int8[])`. One
+    /// statement instead of one per event is what makes a batch cheap.
+    Batch,
 }
 
 /// The most events one transaction may hold.

@@ -129,6 +129,7 @@ impl PostgresSink {
             checkpoint_table: config.checkpoint_table.clone(),
             max_events,
             max_wait: config.batch.max_wait,
+            max_writes: config.pool_size,
         };
         tokio::spawn(writer.run(receiver));
         Ok(Self {

@@ -12,7 +12,7 @@ use std::{
 use bytes::BytesMut;
 use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 
-use super::config::PostgresSinkConfig;
+use super::config::{Per, PostgresSinkConfig};
 use crate::{
     schema::SchemaRegistry,
     sink::{
@@ -21,11 +21,16 @@ use crate::{
     },
 };
 
-/// A statement with the parameter types it is prepared with.
+/// A statement with the types of its parameters.
 #[derive(Debug, Clone)]
 pub struct Statement {
     pub sql: String,
+    /// The type of each parameter's value for one event.
     pub types: Vec<Type>,
+    /// The types it is prepared with: `types`, or their arrays for a
+    /// statement run per batch.
+    pub prepared_types: Vec<Type>,
+    pub per: Per,
 }
 
 /// How one event type's parameters are taken.
@@ -68,12 +73,19 @@ impl Plans {
                         .map_err(setup)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
+            let (types, arrays): (Vec<Type>, Vec<Type>) = params
+                .iter()
+                .map(|(_, value_type)| sql_types(*value_type))
+                .unzip();
+            let prepared_types = match statement.per {
+                Per::Event => types.clone(),
+                Per::Batch => arrays,
+            };
             statements.push(Statement {
                 sql: statement.sql.clone(),
-                types: params
-                    .iter()
-                    .map(|(_, value_type)| sql_type(*value_type))
-                    .collect(),
+                types,
+                prepared_types,
+                per: statement.per,
             });
             by_type.insert(
                 event_type.clone(),
@@ -125,20 +137,21 @@ impl Plans {
     }
 }
 
-/// The parameter type a statement is prepared with for a schema type.
-pub fn sql_type(value_type: ValueType) -> Type {
+/// The parameter type a statement is prepared with for a schema type, and
+/// its array type for a statement run per batch.
+pub fn sql_types(value_type: ValueType) -> (Type, Type) {
     match value_type {
-        ValueType::Bool => Type::BOOL,
-        ValueType::Int32 => Type::INT4,
+        ValueType::Bool => (Type::BOOL, Type::BOOL_ARRAY),
+        ValueType::Int32 => (Type::INT4, Type::INT4_ARRAY),
         // PostgreSQL has no unsigned integers: both go to int8 (a uint64
         // above i64::MAX is a data error for that event).
-        ValueType::Int64 | ValueType::UInt32 | ValueType::UInt64 => Type::INT8,
-        ValueType::Float => Type::FLOAT4,
-        ValueType::Double => Type::FLOAT8,
-        ValueType::Text | ValueType::Enum => Type::TEXT,
-        ValueType::Bytes => Type::BYTEA,
-        ValueType::Timestamp => Type::TIMESTAMPTZ,
-        ValueType::Json => Type::JSONB,
+        ValueType::Int64 | ValueType::UInt32 | ValueType::UInt64 => (Type::INT8, Type::INT8_ARRAY),
+        ValueType::Float => (Type::FLOAT4, Type::FLOAT4_ARRAY),
+        ValueType::Double => (Type::FLOAT8, Type::FLOAT8_ARRAY),
+        ValueType::Text | ValueType::Enum => (Type::TEXT, Type::TEXT_ARRAY),
+        ValueType::Bytes => (Type::BYTEA, Type::BYTEA_ARRAY),
+        ValueType::Timestamp => (Type::TIMESTAMPTZ, Type::TIMESTAMPTZ_ARRAY),
+        ValueType::Json => (Type::JSONB, Type::JSONB_ARRAY),
     }
 }
 
@@ -250,7 +263,7 @@ impl ToSql for SqlValue {
         }
     }
 
-    // Statements are prepared with the types of `sql_type`, and `convert`
+    // Statements are prepared with the types of `sql_types`, and `convert`
     // produced the matching variant.
     fn accepts(_: &Type) -> bool {
         true
