@@ -390,15 +390,10 @@ impl Writer {
         }
         let open = &transaction;
         let prepared = &prepared;
-        let statement_of = |job: &Job| {
-            prepared[job.statement]
-                .as_ref()
-                .map(|ready| (ready, self.statements[job.statement].per))
-        };
         let events = per_event.into_iter().filter_map(|(index, job)| {
-            let (ready, per) = statement_of(job)?;
+            let ready = prepared[job.statement].as_ref()?;
             Some(async move {
-                let result = match per {
+                let result = match self.statements[job.statement].per {
                     Per::Event => open.execute(ready, &params_of(&job.params)).await,
                     // One event's arrays, of one element each.
                     Per::Batch => {
@@ -411,7 +406,7 @@ impl Writer {
             })
         });
         let statements = per_batch.into_iter().filter_map(|(statement, jobs)| {
-            let (ready, _) = statement_of(jobs.first()?)?;
+            let ready = prepared[statement].as_ref()?;
             Some(async move {
                 let columns: Vec<Vec<&SqlValue>> = (0..self.statements[statement].types.len())
                     .map(|param| jobs.iter().map(|job| &job.params[param]).collect())
