@@ -8,7 +8,9 @@
 //! at shutdown).
 //! **Invariant:** after a crash, new events wait in [`Recovery`] until the
 //! deliveries the previous process left unacked have come back, so an
-//! aggregate's order survives the crash.
+//! aggregate's order survives the crash; a loss noticed meanwhile, or a
+//! window that ends with some still out, takes the recovery again from the
+//! consumer's state.
 
 use std::{
     collections::HashSet,
@@ -146,6 +148,21 @@ impl Recovery {
         self.returned.len() >= self.orphans
     }
 
+    /// Deliveries pending when it was taken that are not in hand yet.
+    fn out(&self) -> usize {
+        self.orphans.saturating_sub(self.returned.len())
+    }
+
+    /// Hands what this recovery holds to `fresh`, taken from the consumer's
+    /// state later; whether every delivery pending then is in hand.
+    fn carry_into(self, fresh: &mut Recovery) -> bool {
+        let mut complete = fresh.out() == 0;
+        for delivery in self.held {
+            complete = fresh.hold(delivery);
+        }
+        complete
+    }
+
     /// The held deliveries in stream order.
     fn release(mut self) -> Vec<Delivery> {
         self.held.sort_by_key(|delivery| delivery.stream_seq);
@@ -246,9 +263,15 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
                 _ = sleep_until(recovery_deadline) => {
-                    if let Some(done) = recovery.take() {
-                        tracing::info!(consumer = %self.spec.durable_name, returned = done.returned.len(), "Recovery window over");
-                        self.admit_held(done, &mut lanes).await;
+                    if let Some(ended) = recovery.take() {
+                        // By now every orphan has come back unless the
+                        // server could not redeliver it meanwhile (a NATS
+                        // node down): the consumer's state says.
+                        self.recover_again(&consumer, ended, &mut recovery, &mut lanes).await;
+                        match &recovery {
+                            Some(again) => tracing::warn!(consumer = %self.spec.durable_name, waiting_for = again.out(), "Recovery window over with deliveries still out; waiting another window"),
+                            None => tracing::info!(consumer = %self.spec.durable_name, "Recovery window over"),
+                        }
                         self.start_ready(&mut lanes, &mut in_flight);
                     }
                 }
@@ -280,7 +303,7 @@ impl<S: Sink> Pipeline<S> {
                             match Delivery::from_message(&stream_name, message, &held) {
                                 Ok(delivery) => {
                                     self.follow_pin(&consumer, &delivery, &mut active, &mut recovery, &mut lanes).await;
-                                    self.after_gap(&consumer, delivery.consumer_seq, &mut active, &mut recovery).await;
+                                    self.after_gap(&consumer, delivery.consumer_seq, &mut active, &mut recovery, &mut lanes).await;
                                     self.receive(delivery, &mut recovery, &mut lanes).await;
                                 }
                                 Err(error) => tracing::warn!(error = %error, "Message ignored"),
@@ -315,6 +338,8 @@ impl<S: Sink> Pipeline<S> {
                     if !self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await {
                         self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
                     }
+                    // A recovery taken again may have found everything in hand.
+                    self.start_ready(&mut lanes, &mut in_flight);
                     for work in lanes.waiting() {
                         outcome::progress(&self.client, work.delivery()).await;
                     }
@@ -440,13 +465,12 @@ impl<S: Sink> Pipeline<S> {
             return false;
         };
         state.connects = connects;
-        if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
-            tracing::warn!(
-                consumer = %self.spec.durable_name,
-                waiting_for,
-                "Reconnected to NATS; holding new events until what was in transit has come back"
-            );
-        }
+        let waiting_for = self.hold_new_events(consumer, recovery, lanes).await;
+        tracing::warn!(
+            consumer = %self.spec.durable_name,
+            waiting_for,
+            "Reconnected to NATS; holding new events until what was in transit has come back"
+        );
         self.check_pin(consumer, active, recovery, lanes).await;
         true
     }
@@ -538,19 +562,42 @@ impl<S: Sink> Pipeline<S> {
         self.owned.as_ref().is_some_and(|owned| *owned.borrow())
     }
 
-    /// Starts holding new events until what is pending now has come back,
-    /// unless a recovery is under way already; how many deliveries it
-    /// waits for, when it started one.
+    /// Holds new events until what is pending now has come back. A
+    /// recovery under way is taken again from the state now: what was lost
+    /// since it started is pending too, and must come back before it ends.
+    /// How many deliveries it waits for.
     async fn hold_new_events(
         &self,
         consumer: &PullConsumer,
         recovery: &mut Option<Recovery>,
-    ) -> Option<usize> {
-        if recovery.is_some() {
-            return None;
+        lanes: &mut Lanes<Work>,
+    ) -> usize {
+        match recovery.take() {
+            Some(earlier) => self.recover_again(consumer, earlier, recovery, lanes).await,
+            None => *recovery = self.recovery(consumer).await,
         }
-        *recovery = self.recovery(consumer).await;
-        Some(recovery.as_ref().map_or(0, |r| r.orphans))
+        recovery.as_ref().map_or(0, Recovery::out)
+    }
+
+    /// Takes the recovery `earlier` again from the consumer's state now,
+    /// with what it holds; admits what it holds once nothing pending is out.
+    async fn recover_again(
+        &self,
+        consumer: &PullConsumer,
+        earlier: Recovery,
+        recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
+    ) {
+        match self.recovery(consumer).await {
+            Some(mut fresh) => {
+                if earlier.carry_into(&mut fresh) {
+                    self.admit_held(fresh, lanes).await;
+                } else {
+                    *recovery = Some(fresh);
+                }
+            }
+            None => self.admit_held(earlier, lanes).await,
+        }
     }
 
     /// A gap in the consumer sequence while active: deliveries the server
@@ -565,6 +612,7 @@ impl<S: Sink> Pipeline<S> {
         consumer_seq: u64,
         active: &mut Option<Active>,
         recovery: &mut Option<Recovery>,
+        lanes: &mut Lanes<Work>,
     ) {
         let Some(lost) = active
             .as_mut()
@@ -572,14 +620,13 @@ impl<S: Sink> Pipeline<S> {
         else {
             return;
         };
-        if let Some(waiting_for) = self.hold_new_events(consumer, recovery).await {
-            tracing::warn!(
-                consumer = %self.spec.durable_name,
-                lost,
-                waiting_for,
-                "Deliveries lost in transit; holding new events until they have come back"
-            );
-        }
+        let waiting_for = self.hold_new_events(consumer, recovery, lanes).await;
+        tracing::warn!(
+            consumer = %self.spec.durable_name,
+            lost,
+            waiting_for,
+            "Deliveries lost in transit; holding new events until they have come back"
+        );
     }
 
     /// Whether the server pins another client than `pin_id`, or none (a
@@ -1085,5 +1132,71 @@ mod tests {
         // mark nor counts as a loss.
         assert_eq!(active.note_consumer_seq(10), None);
         assert_eq!(active.note_consumer_seq(14), None);
+    }
+
+    fn recovery(horizon: u64, orphans: usize) -> Recovery {
+        Recovery {
+            horizon,
+            orphans,
+            returned: HashSet::new(),
+            held: Vec::new(),
+            deadline: tokio::time::Instant::now(),
+        }
+    }
+
+    fn delivery(stream_seq: u64) -> Delivery {
+        Delivery::detached(
+            "S",
+            "s".into(),
+            async_nats::HeaderMap::new(),
+            bytes::Bytes::new(),
+            stream_seq,
+        )
+    }
+
+    fn seqs(recovery: Recovery) -> Vec<u64> {
+        recovery.release().iter().map(|d| d.stream_seq).collect()
+    }
+
+    #[test]
+    fn a_recovery_counts_only_what_was_delivered_before_it() {
+        let mut waiting = recovery(10, 2);
+        assert!(!waiting.hold(delivery(12)), "a new event is no orphan");
+        assert!(!waiting.hold(delivery(7)));
+        assert!(!waiting.hold(delivery(7)), "a second delivery counts once");
+        assert_eq!(waiting.out(), 1);
+        assert!(waiting.hold(delivery(4)));
+        assert_eq!(seqs(waiting), [4, 7, 7, 12], "released in stream order");
+    }
+
+    #[test]
+    fn a_recovery_taken_again_waits_for_what_was_lost_meanwhile() {
+        // 4 and 5 came back; 11 to 13 were delivered afterwards and lost.
+        let mut earlier = recovery(10, 3);
+        earlier.hold(delivery(4));
+        earlier.hold(delivery(5));
+        let mut again = recovery(13, 6);
+        assert!(!earlier.carry_into(&mut again));
+        assert_eq!(again.out(), 4);
+        assert!(!again.hold(delivery(14)), "the first event after the loss");
+        for seq in [6, 11, 12] {
+            assert!(!again.hold(delivery(seq)), "{seq}");
+        }
+        assert!(again.hold(delivery(13)));
+        assert_eq!(seqs(again), [4, 5, 6, 11, 12, 13, 14]);
+    }
+
+    #[test]
+    fn a_recovery_taken_again_ends_when_everything_pending_is_in_hand() {
+        // The previous owner acked the third orphan after the first count.
+        let mut earlier = recovery(10, 3);
+        earlier.hold(delivery(4));
+        earlier.hold(delivery(5));
+        earlier.hold(delivery(11));
+        let mut again = recovery(11, 3);
+        assert!(earlier.carry_into(&mut again));
+        assert_eq!(seqs(again), [4, 5, 11]);
+        // Nothing held and nothing pending: complete at once.
+        assert!(recovery(10, 2).carry_into(&mut recovery(10, 0)));
     }
 }
