@@ -153,9 +153,11 @@ impl Recovery {
         self.orphans.saturating_sub(self.returned.len())
     }
 
-    /// Hands what this recovery holds to `fresh`, taken from the consumer's
-    /// state later; whether every delivery pending then is in hand.
+    /// Hands what this recovery holds, and its deadline, to `fresh`, taken
+    /// from the consumer's state later; whether every delivery pending then
+    /// is in hand.
     fn carry_into(self, fresh: &mut Recovery) -> bool {
+        fresh.deadline = self.deadline;
         let mut complete = fresh.out() == 0;
         for delivery in self.held {
             complete = fresh.hold(delivery);
@@ -268,8 +270,11 @@ impl<S: Sink> Pipeline<S> {
                         // server could not redeliver it meanwhile (a NATS
                         // node down): the consumer's state says.
                         self.recover_again(&consumer, ended, &mut recovery, &mut lanes).await;
-                        match &recovery {
-                            Some(again) => tracing::warn!(consumer = %self.spec.durable_name, waiting_for = again.out(), "Recovery window over with deliveries still out; waiting another window"),
+                        match recovery.as_mut() {
+                            Some(again) => {
+                                again.deadline = tokio::time::Instant::now() + self.settings.recovery_window();
+                                tracing::warn!(consumer = %self.spec.durable_name, waiting_for = again.out(), "Recovery window over with deliveries still out; waiting another window");
+                            }
                             None => tracing::info!(consumer = %self.spec.durable_name, "Recovery window over"),
                         }
                         self.start_ready(&mut lanes, &mut in_flight);
@@ -338,7 +343,14 @@ impl<S: Sink> Pipeline<S> {
                     if !self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await {
                         self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
                     }
-                    // A recovery taken again may have found everything in hand.
+                    // What the previous owner acked after the count never
+                    // comes back: the state now may show nothing out.
+                    if let Some(ongoing) = recovery.take() {
+                        self.recover_again(&consumer, ongoing, &mut recovery, &mut lanes).await;
+                        if recovery.is_none() {
+                            tracing::info!(consumer = %self.spec.durable_name, "Recovery over: every pending delivery is in hand");
+                        }
+                    }
                     self.start_ready(&mut lanes, &mut in_flight);
                     for work in lanes.waiting() {
                         outcome::progress(&self.client, work.delivery()).await;
@@ -1175,9 +1187,12 @@ mod tests {
         let mut earlier = recovery(10, 3);
         earlier.hold(delivery(4));
         earlier.hold(delivery(5));
+        let deadline = earlier.deadline;
         let mut again = recovery(13, 6);
+        again.deadline = deadline + Duration::from_secs(60);
         assert!(!earlier.carry_into(&mut again));
         assert_eq!(again.out(), 4);
+        assert_eq!(again.deadline, deadline, "the first window still ends it");
         assert!(!again.hold(delivery(14)), "the first event after the loss");
         for seq in [6, 11, 12] {
             assert!(!again.hold(delivery(seq)), "{seq}");
