@@ -145,7 +145,7 @@ impl Recovery {
             self.returned.insert(delivery.stream_seq);
         }
         self.held.push(delivery);
-        self.returned.len() >= self.orphans
+        self.out() == 0
     }
 
     /// Deliveries pending when it was taken that are not in hand yet.
@@ -158,11 +158,10 @@ impl Recovery {
     /// is in hand.
     fn carry_into(self, fresh: &mut Recovery) -> bool {
         fresh.deadline = self.deadline;
-        let mut complete = fresh.out() == 0;
         for delivery in self.held {
-            complete = fresh.hold(delivery);
+            fresh.hold(delivery);
         }
-        complete
+        fresh.out() == 0
     }
 
     /// The held deliveries in stream order.
@@ -265,11 +264,11 @@ impl<S: Sink> Pipeline<S> {
                     }
                 }
                 _ = sleep_until(recovery_deadline) => {
-                    if let Some(ended) = recovery.take() {
+                    if recovery.is_some() {
                         // By now every orphan has come back unless the
                         // server could not redeliver it meanwhile (a NATS
                         // node down): the consumer's state says.
-                        self.recover_again(&consumer, ended, &mut recovery, &mut lanes).await;
+                        self.recount(&consumer, &mut recovery, &mut lanes).await;
                         match recovery.as_mut() {
                             Some(again) => {
                                 again.deadline = tokio::time::Instant::now() + self.settings.recovery_window();
@@ -340,15 +339,16 @@ impl<S: Sink> Pipeline<S> {
                     None => messages = None,
                 },
                 _ = progress.tick() => {
+                    // After a reconnect the recovery was counted just now.
                     if !self.after_reconnect(&consumer, &mut active, &mut recovery, &mut lanes).await {
                         self.check_pin(&consumer, &mut active, &mut recovery, &mut lanes).await;
-                    }
-                    // What the previous owner acked after the count never
-                    // comes back: the state now may show nothing out.
-                    if let Some(ongoing) = recovery.take() {
-                        self.recover_again(&consumer, ongoing, &mut recovery, &mut lanes).await;
-                        if recovery.is_none() {
-                            tracing::info!(consumer = %self.spec.durable_name, "Recovery over: every pending delivery is in hand");
+                        // What the previous owner acked after the count
+                        // never comes back: the state now may show nothing out.
+                        if recovery.is_some() {
+                            self.recount(&consumer, &mut recovery, &mut lanes).await;
+                            if recovery.is_none() {
+                                tracing::info!(consumer = %self.spec.durable_name, "Recovery over: every pending delivery is in hand");
+                            }
                         }
                     }
                     self.start_ready(&mut lanes, &mut in_flight);
@@ -584,22 +584,25 @@ impl<S: Sink> Pipeline<S> {
         recovery: &mut Option<Recovery>,
         lanes: &mut Lanes<Work>,
     ) -> usize {
-        match recovery.take() {
-            Some(earlier) => self.recover_again(consumer, earlier, recovery, lanes).await,
+        match recovery {
+            Some(_) => self.recount(consumer, recovery, lanes).await,
             None => *recovery = self.recovery(consumer).await,
         }
         recovery.as_ref().map_or(0, Recovery::out)
     }
 
-    /// Takes the recovery `earlier` again from the consumer's state now,
-    /// with what it holds; admits what it holds once nothing pending is out.
-    async fn recover_again(
+    /// Takes the recovery under way, if any, again from the consumer's
+    /// state now, with what it holds; admits what it holds once nothing
+    /// pending is out.
+    async fn recount(
         &self,
         consumer: &PullConsumer,
-        earlier: Recovery,
         recovery: &mut Option<Recovery>,
         lanes: &mut Lanes<Work>,
     ) {
+        let Some(earlier) = recovery.take() else {
+            return;
+        };
         match self.recovery(consumer).await {
             Some(mut fresh) => {
                 if earlier.carry_into(&mut fresh) {
