@@ -82,19 +82,14 @@ pub fn build(
     }
     // Allowed unknown fields are carried in nested messages by bytes but
     // dropped by decoding: the wire would keep what decoding drops.
-    let plans = match config.schemas.unknown_fields {
-        UnknownFields::Reject => super::wire_plans(&chains, registry),
-        UnknownFields::Allow => HashMap::new(),
-    };
-    Ok(Upcasters {
+    let wire = config.schemas.unknown_fields == UnknownFields::Reject;
+    Ok(Upcasters::new(
+        versions,
         chains,
-        plans,
-        versions: versions
-            .into_iter()
-            .map(|(event_type, versions)| (event_type.to_owned(), versions))
-            .collect(),
-        warnings: report.warnings,
-    })
+        registry,
+        wire,
+        report.warnings,
+    ))
 }
 
 #[derive(Default)]

@@ -15,6 +15,7 @@
 
 pub mod check;
 mod record;
+mod scalar;
 pub mod steps;
 mod wire;
 
@@ -24,7 +25,6 @@ use std::{
     sync::Arc,
 };
 
-use prost::Message as _;
 use prost_reflect::{DynamicMessage, MessageDescriptor, ReflectMessage as _};
 
 pub use record::{Field, FitError, Record, Segment, field_type_name, kind_name};
@@ -249,33 +249,70 @@ impl Hop {
 /// Every upcaster chain, and the versions of every event type.
 #[derive(Debug, Clone, Default)]
 pub struct Upcasters {
-    /// Per event type, its hops by the version they start from.
-    chains: HashMap<String, BTreeMap<u32, Hop>>,
-    /// Per event type, its schema versions, ascending.
-    versions: HashMap<String, Vec<u32>>,
-    /// Per event type, how binary payloads go from one version to a later
-    /// one on the wire, by (from, target).
-    plans: HashMap<String, HashMap<(u32, u32), WirePlan>>,
+    /// By event type: an event's upcast looks its type up once.
+    types: HashMap<String, EventType>,
     warnings: Vec<Warning>,
 }
 
+/// What upcasting needs to know about one event type.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct EventType {
+    /// Its schema versions, ascending.
+    versions: Vec<u32>,
+    /// Its hops, by the version they start from.
+    hops: BTreeMap<u32, Hop>,
+    /// How binary payloads go from one version to a later one on the wire,
+    /// by (from, target).
+    plans: BTreeMap<(u32, u32), WirePlan>,
+}
+
+impl EventType {
+    fn target_version(&self, pin: Option<u32>) -> Option<u32> {
+        match pin {
+            None => self.versions.last(),
+            Some(pin) => self.versions.iter().rev().find(|version| **version <= pin),
+        }
+        .copied()
+    }
+}
+
 impl Upcasters {
+    /// The upcasters of `chains` and the versions of every event type, with
+    /// the wire plans of the chains when `wire` (see [`wire_plans`]).
+    pub(crate) fn new(
+        versions: BTreeMap<&str, Vec<u32>>,
+        mut chains: HashMap<String, BTreeMap<u32, Hop>>,
+        registry: &crate::schema::SchemaRegistry,
+        wire: bool,
+        warnings: Vec<Warning>,
+    ) -> Self {
+        let types = versions
+            .into_iter()
+            .map(|(name, versions)| {
+                let hops = chains.remove(name).unwrap_or_default();
+                let plans = if wire {
+                    wire_plans(name, &hops, registry)
+                } else {
+                    BTreeMap::new()
+                };
+                let of_type = EventType {
+                    versions,
+                    hops,
+                    plans,
+                };
+                (name.to_owned(), of_type)
+            })
+            .collect();
+        Self { types, warnings }
+    }
+
     /// The version an event of `event_type` is delivered at: the newest, or
     /// with a pin the newest at or below it.
     pub fn target_version(&self, event_type: &str, pin: Option<u32>) -> Result<u32, UpcastError> {
-        let versions = self
-            .versions
+        self.types
             .get(event_type)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let target = match pin {
-            None => versions.last(),
-            Some(pin) => versions.iter().rev().find(|version| **version <= pin),
-        };
-        target.copied().ok_or_else(|| UpcastError::NoVersionAtPin {
-            event_type: event_type.to_owned(),
-            pin: pin.unwrap_or_default(),
-        })
+            .and_then(|of_type| of_type.target_version(pin))
+            .ok_or_else(|| no_version_at_pin(event_type, pin))
     }
 
     /// Whether an event of `event_type` at `version` reaches its target
@@ -290,15 +327,17 @@ impl Upcasters {
     /// already, `Some(true)` a wire plan takes it there; `None` where the
     /// payload must be decoded.
     pub fn on_wire(&self, event_type: &str, version: u32, pin: Option<u32>) -> Option<bool> {
-        let target = self.target_version(event_type, pin).ok()?;
+        let of_type = self.types.get(event_type)?;
+        let target = of_type.target_version(pin)?;
         if target == version {
             return Some(false);
         }
-        self.plan(event_type, version, target).map(|_| true)
+        of_type.plans.get(&(version, target)).map(|_| true)
     }
 
-    fn plan(&self, event_type: &str, version: u32, target: u32) -> Option<&WirePlan> {
-        self.plans.get(event_type)?.get(&(version, target))
+    #[cfg(test)]
+    fn plan(&self, event_type: &str, from: u32, target: u32) -> Option<&WirePlan> {
+        self.types.get(event_type)?.plans.get(&(from, target))
     }
 
     /// Brings `envelope` to its target version and rewrites its
@@ -312,29 +351,35 @@ impl Upcasters {
         envelope: &mut Envelope,
         pin: Option<u32>,
     ) -> Result<Option<(u32, u32)>, UpcastError> {
-        let target = self.target_version(&envelope.event_type, pin)?;
+        let event_type = envelope.event_type.as_str();
+        let of_type = self.types.get(event_type);
+        let target = of_type
+            .and_then(|of_type| of_type.target_version(pin))
+            .ok_or_else(|| no_version_at_pin(event_type, pin))?;
         let from = envelope.schema_version;
         if from == target {
             return Ok(None);
         }
-        let event_type = envelope.event_type.as_str();
+        let of_type = of_type.unwrap_or(&EMPTY);
+        let chain = Chain {
+            event_type,
+            of_type,
+        };
         let placeholder = DynamicMessage::new(envelope.payload.descriptor());
         let payload = std::mem::replace(&mut envelope.payload, placeholder);
         match envelope.encoded_payload.take() {
             Some(encoded) => {
-                if let Some((bytes, descriptor)) =
-                    self.upcast_on_wire(event_type, from, target, &encoded)
-                {
+                if let Some((bytes, descriptor)) = chain.on_wire(from, target, &encoded) {
                     envelope.encoded_payload = Some(bytes.into());
                     envelope.payload = DynamicMessage::new(descriptor);
                 } else {
                     // Validated on the wire, so it decodes.
                     let decoded = DynamicMessage::decode(payload.descriptor(), encoded.as_ref())
                         .map_err(|error| UpcastError::Undecodable(error.to_string()))?;
-                    envelope.payload = self.upcast_payload(event_type, from, target, decoded)?;
+                    envelope.payload = chain.upcast_payload(from, target, decoded)?;
                 }
             }
-            None => envelope.payload = self.upcast_payload(event_type, from, target, payload)?,
+            None => envelope.payload = chain.upcast_payload(from, target, payload)?,
         }
         envelope.schema_version = target;
         Ok(Some((from, target)))
@@ -342,8 +387,8 @@ impl Upcasters {
 
     /// A binary payload (valid, with no unknown field) brought from
     /// `version` to `target` by its wire plan: the bytes and the target's
-    /// descriptor, or `None` where the plan does not take it (the decoding
-    /// path does, and names any error).
+    /// descriptor, or `None` where the plan does not take it.
+    #[cfg(test)]
     fn upcast_on_wire(
         &self,
         event_type: &str,
@@ -351,16 +396,7 @@ impl Upcasters {
         target: u32,
         payload: &[u8],
     ) -> Option<(Vec<u8>, MessageDescriptor)> {
-        let plan = self.plan(event_type, version, target)?;
-        let split = plan.split(payload)?;
-        let stepped = DynamicMessage::decode(plan.source.clone(), split.stepped.as_slice()).ok()?;
-        let result = self
-            .run_hops(event_type, version, target, Record::from_message(stepped))
-            .ok()?;
-        let mut bytes = Vec::with_capacity(result.encoded_len() + split.carried.len());
-        result.encode_raw(&mut bytes);
-        bytes.extend_from_slice(&split.carried);
-        Some((bytes, plan.target.clone()))
+        self.chain(event_type).on_wire(version, target, payload)
     }
 
     /// Brings a payload of `event_type` at `version` to `target`, hop by hop.
@@ -371,9 +407,76 @@ impl Upcasters {
         target: u32,
         payload: DynamicMessage,
     ) -> Result<DynamicMessage, UpcastError> {
+        self.chain(event_type)
+            .upcast_payload(version, target, payload)
+    }
+
+    fn chain<'a>(&'a self, event_type: &'a str) -> Chain<'a> {
+        Chain {
+            event_type,
+            of_type: self.types.get(event_type).unwrap_or(&EMPTY),
+        }
+    }
+
+    /// The chains, by event type, each with its hops in order.
+    pub fn chains(&self) -> BTreeMap<&str, Vec<&Hop>> {
+        self.types
+            .iter()
+            .filter(|(_, of_type)| !of_type.hops.is_empty())
+            .map(|(event_type, of_type)| (event_type.as_str(), of_type.hops.values().collect()))
+            .collect()
+    }
+
+    pub fn warnings(&self) -> &[Warning] {
+        &self.warnings
+    }
+}
+
+/// An event type with no version and no hop.
+static EMPTY: EventType = EventType {
+    versions: Vec::new(),
+    hops: BTreeMap::new(),
+    plans: BTreeMap::new(),
+};
+
+fn no_version_at_pin(event_type: &str, pin: Option<u32>) -> UpcastError {
+    UpcastError::NoVersionAtPin {
+        event_type: event_type.to_owned(),
+        pin: pin.unwrap_or_default(),
+    }
+}
+
+/// One event type's upcasting, looked up.
+struct Chain<'a> {
+    event_type: &'a str,
+    of_type: &'a EventType,
+}
+
+impl Chain<'_> {
+    fn on_wire(
+        &self,
+        version: u32,
+        target: u32,
+        payload: &[u8],
+    ) -> Option<(Vec<u8>, MessageDescriptor)> {
+        let plan = self.of_type.plans.get(&(version, target))?;
+        let split = plan.split(payload)?;
+        let (record, _) = self.run_hops(version, target, split.stepped).ok()?;
+        let mut bytes = Vec::with_capacity(payload.len() + 16);
+        record.encode_into(&plan.target, &mut bytes).ok()?;
+        bytes.extend_from_slice(&split.carried);
+        Some((bytes, plan.target.clone()))
+    }
+
+    fn upcast_payload(
+        &self,
+        version: u32,
+        target: u32,
+        payload: DynamicMessage,
+    ) -> Result<DynamicMessage, UpcastError> {
         if version > target {
             return Err(UpcastError::AboveTarget {
-                event_type: event_type.to_owned(),
+                event_type: self.event_type.to_owned(),
                 version,
                 target,
             });
@@ -381,29 +484,33 @@ impl Upcasters {
         if version == target {
             return Ok(payload);
         }
-        self.run_hops(event_type, version, target, Record::from_message(payload))
+        let (record, last) = self.run_hops(version, target, Record::from_message(payload))?;
+        record
+            .into_message(&last.target)
+            .map_err(|error| fit_failure(self.event_type, last, error))
     }
 
     /// One record through every hop from `version` to `target`: between
-    /// hops it is only checked against the version reached; the message is
-    /// built once, at the end.
+    /// hops it is only checked against the version reached. Returns it with
+    /// the last hop, whose target it is to be fitted into.
     fn run_hops(
         &self,
-        event_type: &str,
         version: u32,
         target: u32,
         mut record: Record,
-    ) -> Result<DynamicMessage, UpcastError> {
+    ) -> Result<(Record, &Hop), UpcastError> {
+        let event_type = self.event_type;
         let no_hop = |version| UpcastError::NoHop {
             event_type: event_type.to_owned(),
             version,
             target,
         };
-        let hops = self.chains.get(event_type).ok_or_else(|| no_hop(version))?;
         let mut version = version;
         let mut last = None;
         while version < target {
-            let hop = hops
+            let hop = self
+                .of_type
+                .hops
                 .get(&version)
                 .filter(|hop| hop.to <= target)
                 .ok_or_else(|| no_hop(version))?;
@@ -416,52 +523,32 @@ impl Upcasters {
             version = hop.to;
             last = Some(hop);
         }
-        match last {
-            Some(hop) => record
-                .into_message(&hop.target)
-                .map_err(|error| fit_failure(event_type, hop, error)),
-            // Already at the target (callers return before this).
-            None => Err(no_hop(version)),
-        }
-    }
-
-    /// The chains, by event type, each with its hops in order.
-    pub fn chains(&self) -> BTreeMap<&str, Vec<&Hop>> {
-        self.chains
-            .iter()
-            .map(|(event_type, hops)| (event_type.as_str(), hops.values().collect()))
-            .collect()
-    }
-
-    pub fn warnings(&self) -> &[Warning] {
-        &self.warnings
+        // Already at the target (callers return before this).
+        last.map(|hop| (record, hop)).ok_or_else(|| no_hop(version))
     }
 }
 
-/// The wire plans of every chain: from each version a hop starts from, to
+/// The wire plans of one chain: from each version a hop starts from, to
 /// each version the chain reaches from there.
 fn wire_plans(
-    chains: &HashMap<String, BTreeMap<u32, Hop>>,
+    event_type: &str,
+    hops: &BTreeMap<u32, Hop>,
     registry: &crate::schema::SchemaRegistry,
-) -> HashMap<String, HashMap<(u32, u32), WirePlan>> {
-    let mut plans = HashMap::new();
-    for (event_type, hops) in chains {
-        let mut of_type = HashMap::new();
-        for &from in hops.keys() {
-            let Some(source) = registry.resolve(event_type, from) else {
-                continue;
-            };
-            let mut path = Vec::new();
-            let mut version = from;
-            while let Some(hop) = hops.get(&version) {
-                path.push(hop);
-                version = hop.to;
-                if let Some(plan) = WirePlan::new(source, &path) {
-                    of_type.insert((from, version), plan);
-                }
+) -> BTreeMap<(u32, u32), WirePlan> {
+    let mut plans = BTreeMap::new();
+    for &from in hops.keys() {
+        let Some(source) = registry.resolve(event_type, from) else {
+            continue;
+        };
+        let mut path = Vec::new();
+        let mut version = from;
+        while let Some(hop) = hops.get(&version) {
+            path.push(hop);
+            version = hop.to;
+            if let Some(plan) = WirePlan::new(source, &path) {
+                plans.insert((from, version), plan);
             }
         }
-        plans.insert(event_type.clone(), of_type);
     }
     plans
 }

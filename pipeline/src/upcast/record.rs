@@ -211,6 +211,30 @@ impl Record {
         Self { entries }
     }
 
+    /// Adds one scalar field read from the wire, as decoding the message
+    /// would hold it: a later record of the field replaces an earlier one,
+    /// and a default value without presence is no field.
+    pub(super) fn push_read(&mut self, descriptor: &FieldDescriptor, value: Value) {
+        let present = descriptor.supports_presence() || !value.is_default_for_field(descriptor);
+        match (self.position(descriptor.name()), present) {
+            (Some(index), true) => self.entries[index].field = Field::declared(value, descriptor),
+            (Some(index), false) => {
+                self.entries.remove(index);
+            }
+            (None, true) => {
+                let field = Field::declared(value, descriptor);
+                self.entries
+                    .push(Entry::new(Name::Declared(descriptor.clone()), field));
+            }
+            (None, false) => {}
+        }
+    }
+
+    /// Appends the fields a message holds (none of them already here).
+    pub(super) fn extend_from_message(&mut self, message: DynamicMessage) {
+        self.entries.extend(Record::from_message(message).entries);
+    }
+
     /// The names of the fields present, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.entries.iter().map(|entry| entry.name.as_str())
@@ -352,6 +376,43 @@ impl Record {
             put(&mut message, descriptor, entry.name.as_str(), entry.field)?;
         }
         Ok(message)
+    }
+
+    /// Writes the message [`Record::into_message`] builds, as its
+    /// `encode_raw` would, without building it where every field is a
+    /// scalar outside a shared oneof (which keeps only the last set).
+    pub fn encode_into(
+        self,
+        descriptor: &MessageDescriptor,
+        buf: &mut Vec<u8>,
+    ) -> Result<(), FitError> {
+        let mut targets = Vec::with_capacity(self.entries.len());
+        for entry in &self.entries {
+            let target = field_named(descriptor, entry.name.as_str())?;
+            let direct = matches!(entry.field.slot, Slot::Value(_))
+                && super::scalar::is_scalar(&target)
+                && target
+                    .containing_oneof()
+                    .is_none_or(|oneof| oneof.fields().len() == 1);
+            if !direct {
+                prost::Message::encode_raw(&self.into_message(descriptor)?, buf);
+                return Ok(());
+            }
+            targets.push(target);
+        }
+        let mut fields: Vec<(FieldDescriptor, Entry)> =
+            targets.into_iter().zip(self.entries).collect();
+        // In number order, as the message writes them.
+        fields.sort_unstable_by_key(|(target, _)| target.number());
+        for (target, entry) in fields {
+            let name = entry.name.as_str();
+            let found = slot_type_name(&entry.field.slot);
+            let value = fit_field(entry.field, &target).map_err(|error| error.within(name))?;
+            if !super::scalar::encode(&target, &value, buf) {
+                return Err(FitError::new(name, mismatch(&target, found)));
+            }
+        }
+        Ok(())
     }
 
     /// Checks, building nothing, that the fields present fit `descriptor` by

@@ -8,9 +8,7 @@
 //! field and the offending value rather than guess: a rename never overwrites,
 //! a conversion never wraps, truncates or leaves a non-finite number.
 
-use std::{
-    collections::BTreeMap, collections::HashMap, fmt, io::Write as _, str::FromStr as _, sync::Arc,
-};
+use std::{collections::BTreeMap, collections::HashMap, fmt, str::FromStr as _, sync::Arc};
 
 use prost_reflect::{EnumDescriptor, Value};
 use rust_decimal::{
@@ -617,18 +615,13 @@ fn decimal_of_double(double: f64) -> Result<Decimal, Problem> {
             value: double.to_string(),
         });
     }
-    // `{:e}` prints the shortest digits that read back as the same double, in
-    // at most 24 bytes; written on the stack to stay off the allocator.
-    let mut buffer = [0u8; 32];
-    let mut rest: &mut [u8] = &mut buffer;
-    let written = write!(rest, "{double:e}").is_ok();
-    let length = 32 - rest.len();
-    let text = std::str::from_utf8(&buffer[..length]).unwrap_or_default();
-    if !written || text.is_empty() {
-        return Err(out_of_range(&double.to_string(), "decimal"));
-    }
-    Decimal::from_scientific(text)
-        .ok()
+    // The shortest digits that read back as the same double, as `{:e}`
+    // prints them, written without the formatting machinery; normalized to
+    // the scale those digits have (`1.5e1` is 15, not 15.0).
+    let mut buffer = ryu::Buffer::new();
+    let text = buffer.format_finite(double);
+    parse_decimal(text)
+        .map(|decimal| decimal.normalize())
         // More than 28 decimal places (below about 1e-13): rounded to 28.
         .or_else(|| {
             (double.abs() < 1.0)
@@ -795,11 +788,33 @@ impl fmt::Debug for Code {
 
 #[cfg(test)]
 mod tests {
+    use proptest::strategy::Strategy as _;
     use prost_reflect::{DynamicMessage, ReflectMessage as _};
     use serde_json::json;
 
     use super::*;
     use crate::upcast::Segment;
+
+    proptest::proptest! {
+        /// The decimal of a double is the one its `{:e}` digits spell, to
+        /// the scale and sign.
+        #[test]
+        fn a_double_reads_as_the_decimal_of_its_shortest_digits(
+            double in proptest::prop_oneof![
+                proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO,
+                -1e6..1e6f64,
+                proptest::strategy::Just(-0.0),
+                (-1_000_000i64..1_000_000).prop_map(|cents| cents as f64 / 100.0),
+            ],
+        ) {
+            let spelled = format!("{double:e}");
+            let expected = Decimal::from_scientific(&spelled).ok().or_else(|| {
+                (double.abs() < 1.0).then(|| Decimal::from_f64(double)).flatten()
+            });
+            let read = decimal_of_double(double).ok();
+            proptest::prop_assert_eq!(read.map(|d| d.serialize()), expected.map(|d| d.serialize()), "{}", spelled);
+        }
+    }
 
     fn conversion(to: ScalarType, multiply: Option<&str>, round: Rounding) -> Conversion {
         Conversion {

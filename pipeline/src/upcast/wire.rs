@@ -21,18 +21,20 @@
 use std::collections::HashSet;
 
 use prost::encoding::{WireType, encode_key};
-use prost_reflect::{FieldDescriptor, Kind, MessageDescriptor};
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor};
 
-use super::Hop;
+use super::{Hop, Record, scalar};
 
 /// What becomes of one field of the source version.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Action {
     /// Copied as it is: the target has it under the same number.
     Keep,
     /// Copied under the target's number for its name.
     Renumber(u32),
-    /// A step names it: decoded and handed to the steps.
+    /// A step names this scalar: read into the steps' record.
+    Read(FieldDescriptor),
+    /// A step names it: decoded with the message and handed to the steps.
     Step,
     /// Neither: a payload holding it is decoded whole.
     Decode,
@@ -49,8 +51,8 @@ pub(super) struct WirePlan {
 
 /// A payload split by a plan.
 pub(super) struct Split {
-    /// The fields the steps need, as a message of the source version.
-    pub(super) stepped: Vec<u8>,
+    /// The fields the steps need.
+    pub(super) stepped: Record,
     /// The carried fields, already under their target numbers.
     pub(super) carried: Vec<u8>,
 }
@@ -71,7 +73,16 @@ impl WirePlan {
             .fields()
             .map(|field| {
                 let action = if touched.contains(field.name()) {
-                    Action::Step
+                    // A oneof of several keeps the last member read: left
+                    // to decoding.
+                    let alone = field
+                        .containing_oneof()
+                        .is_none_or(|oneof| oneof.fields().len() == 1);
+                    if alone && scalar::is_scalar(&field) {
+                        Action::Read(field.clone())
+                    } else {
+                        Action::Step
+                    }
                 } else {
                     match carried_number(&field, &versions, &touched) {
                         Some(number) if number == field.number() => Action::Keep,
@@ -94,9 +105,10 @@ impl WirePlan {
     /// unknown field; `None` when it holds a field the plan cannot carry.
     pub(super) fn split(&self, payload: &[u8]) -> Option<Split> {
         let mut split = Split {
-            stepped: Vec::new(),
+            stepped: Record::default(),
             carried: Vec::with_capacity(payload.len() + 8),
         };
+        let mut stepped = Vec::new();
         for record in crate::wire_check::records(payload) {
             let record = record?;
             // Groups (proto2) are left to the decoding path.
@@ -106,21 +118,29 @@ impl WirePlan {
             match self.action(record.number)? {
                 Action::Keep => split.carried.extend_from_slice(record.whole),
                 Action::Renumber(target) => {
-                    encode_key(target, record.wire_type, &mut split.carried);
+                    encode_key(*target, record.wire_type, &mut split.carried);
                     split.carried.extend_from_slice(record.value);
                 }
-                Action::Step => split.stepped.extend_from_slice(record.whole),
+                Action::Read(field) => {
+                    let value = scalar::decode(field, record.wire_type, record.value)?;
+                    split.stepped.push_read(field, value);
+                }
+                Action::Step => stepped.extend_from_slice(record.whole),
                 Action::Decode => return None,
             }
+        }
+        if !stepped.is_empty() {
+            let message = DynamicMessage::decode(self.source.clone(), stepped.as_slice()).ok()?;
+            split.stepped.extend_from_message(message);
         }
         Some(split)
     }
 
-    fn action(&self, number: u32) -> Option<Action> {
+    fn action(&self, number: u32) -> Option<&Action> {
         self.actions
             .binary_search_by_key(&number, |(number, _)| *number)
             .ok()
-            .map(|index| self.actions[index].1)
+            .map(|index| &self.actions[index].1)
     }
 }
 
@@ -395,6 +415,7 @@ message Box {
         let chain = json!([{ "from": 1, "to": 2, "steps": [{ "rename": { "from": "label", "to": "title" } }] }]);
         let (_dir, upcasters, registry) = kit(chain, &CodeSteps::default());
         let plan = upcasters.plan("kit.Box", 1, 2).expect("a plan");
+        let label = plan.source.get_field(4).expect("label");
         use super::Action::*;
         assert_eq!(
             plan.actions,
@@ -402,7 +423,7 @@ message Box {
                 (1, Renumber(9)),
                 (2, Decode),
                 (3, Decode),
-                (4, Step),
+                (4, Read(label)),
                 (5, Keep),
                 (6, Keep),
                 (7, Keep)
