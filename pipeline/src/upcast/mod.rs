@@ -256,7 +256,7 @@ pub struct Upcasters {
 
 /// What upcasting needs to know about one event type.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct EventType {
+struct EventType {
     /// Its schema versions, ascending.
     versions: Vec<u32>,
     /// Its hops, by the version they start from.
@@ -309,10 +309,22 @@ impl Upcasters {
     /// The version an event of `event_type` is delivered at: the newest, or
     /// with a pin the newest at or below it.
     pub fn target_version(&self, event_type: &str, pin: Option<u32>) -> Result<u32, UpcastError> {
+        self.resolve(event_type, pin).map(|(_, target)| target)
+    }
+
+    /// The event type's entry and its target version, in one lookup.
+    fn resolve(
+        &self,
+        event_type: &str,
+        pin: Option<u32>,
+    ) -> Result<(&EventType, u32), UpcastError> {
         self.types
             .get(event_type)
-            .and_then(|of_type| of_type.target_version(pin))
-            .ok_or_else(|| no_version_at_pin(event_type, pin))
+            .and_then(|of_type| Some((of_type, of_type.target_version(pin)?)))
+            .ok_or_else(|| UpcastError::NoVersionAtPin {
+                event_type: event_type.to_owned(),
+                pin: pin.unwrap_or_default(),
+            })
     }
 
     /// Whether an event of `event_type` at `version` reaches its target
@@ -352,15 +364,11 @@ impl Upcasters {
         pin: Option<u32>,
     ) -> Result<Option<(u32, u32)>, UpcastError> {
         let event_type = envelope.event_type.as_str();
-        let of_type = self.types.get(event_type);
-        let target = of_type
-            .and_then(|of_type| of_type.target_version(pin))
-            .ok_or_else(|| no_version_at_pin(event_type, pin))?;
+        let (of_type, target) = self.resolve(event_type, pin)?;
         let from = envelope.schema_version;
         if from == target {
             return Ok(None);
         }
-        let of_type = of_type.unwrap_or(&EMPTY);
         let chain = Chain {
             event_type,
             of_type,
@@ -438,13 +446,6 @@ static EMPTY: EventType = EventType {
     hops: BTreeMap::new(),
     plans: BTreeMap::new(),
 };
-
-fn no_version_at_pin(event_type: &str, pin: Option<u32>) -> UpcastError {
-    UpcastError::NoVersionAtPin {
-        event_type: event_type.to_owned(),
-        pin: pin.unwrap_or_default(),
-    }
-}
 
 /// One event type's upcasting, looked up.
 struct Chain<'a> {

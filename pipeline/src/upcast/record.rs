@@ -389,11 +389,8 @@ impl Record {
         let mut targets = Vec::with_capacity(self.entries.len());
         for entry in &self.entries {
             let target = field_named(descriptor, entry.name.as_str())?;
-            let direct = matches!(entry.field.slot, Slot::Value(_))
-                && super::scalar::is_scalar(&target)
-                && target
-                    .containing_oneof()
-                    .is_none_or(|oneof| oneof.fields().len() == 1);
+            let direct =
+                matches!(entry.field.slot, Slot::Value(_)) && super::scalar::stands_alone(&target);
             if !direct {
                 prost::Message::encode_raw(&self.into_message(descriptor)?, buf);
                 return Ok(());

@@ -3,7 +3,7 @@
 //! read into a [`super::Record`] and its result written without building a
 //! message.
 //!
-//! **Invariant:** for a field that [`is_scalar`] accepts, [`decode`] gives
+//! **Invariant:** for a field that [`stands_alone`], [`decode`] gives
 //! the value `DynamicMessage::decode` stores for one record of it, and
 //! [`encode`] writes the bytes `DynamicMessage::encode` writes for that
 //! value (nothing for a default value without presence).
@@ -14,13 +14,17 @@ use prost::{
 };
 use prost_reflect::{FieldDescriptor, Kind, Value};
 
-/// Whether the field is singular and neither a message nor a group, so
-/// that one record on the wire is its whole value.
-pub(super) fn is_scalar(field: &FieldDescriptor) -> bool {
+/// Whether one record on the wire is the field's whole value: singular,
+/// neither a message nor a group, and alone in its oneof if in one (a
+/// oneof of several keeps only the member set last).
+pub(super) fn stands_alone(field: &FieldDescriptor) -> bool {
     !field.is_list()
         && !field.is_map()
         && !field.is_group()
         && !matches!(field.kind(), Kind::Message(_))
+        && field
+            .containing_oneof()
+            .is_none_or(|oneof| oneof.fields().len() == 1)
 }
 
 /// The value of one record of a scalar field; `None` where it does not read
@@ -157,7 +161,7 @@ mod tests {
             for record in crate::wire_check::records(&bytes) {
                 let record = record.expect("a record");
                 let field = descriptor.get_field(record.number).expect("a field");
-                prop_assert!(is_scalar(&field));
+                prop_assert!(stands_alone(&field));
                 let value = decode(&field, record.wire_type, record.value).expect("reads");
                 prop_assert_eq!(&value, &*decoded.get_field(&field));
                 prop_assert!(encode(&field, &value, &mut written));

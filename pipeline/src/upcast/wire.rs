@@ -73,12 +73,7 @@ impl WirePlan {
             .fields()
             .map(|field| {
                 let action = if touched.contains(field.name()) {
-                    // A oneof of several keeps the last member read: left
-                    // to decoding.
-                    let alone = field
-                        .containing_oneof()
-                        .is_none_or(|oneof| oneof.fields().len() == 1);
-                    if alone && scalar::is_scalar(&field) {
+                    if scalar::stands_alone(&field) {
                         Action::Read(field.clone())
                     } else {
                         Action::Step
